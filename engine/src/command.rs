@@ -4,7 +4,7 @@
 //! applies the command (`Engine::apply`), so the journal, not the client, decides order and time.
 
 use crate::currency::{CURRENCY_SCALE_MAX, CurrencyCode};
-use crate::digest::Digest;
+use crate::digest::{Digest, Sink};
 use crate::ids::{HoldId, ShardId, TransferId, UserId, WalletId};
 use crate::outcome::Reject;
 
@@ -213,7 +213,7 @@ pub struct SettleLeg {
 impl Op {
     /// Feeds the operation's parameters, in a fixed little-endian encoding, to `digest`. Two
     /// operations with equal parameters digest equally on every machine and in every version.
-    pub(crate) fn digest(&self, digest: &mut Digest) {
+    pub(crate) fn digest<S: Sink>(&self, digest: &mut Digest<S>) {
         match self {
             Op::RegisterCurrency { code, scale } => {
                 digest.u8(1).code(code).u8(*scale);

@@ -211,7 +211,7 @@ impl Engine {
     fn apply_client(&mut self, key: &IdempotencyKey, op: &Op, effects: &mut Effects) -> Outcome {
         let now = self.last_timestamp_ns;
         self.idempotency.evict(now);
-        let mut digest = Digest::new();
+        let mut digest = Digest::fingerprint();
         op.digest(&mut digest);
         let params = digest.finish_64();
         if let Some(entry) = self.idempotency.find(key) {

@@ -1,1 +1,211 @@
-fn main() {}
+//! `paycore`: the single binary of the payment core.
+//!
+//! Today only the engine exists (issue 2), so `paycore up` runs one in-process shard through a
+//! short, printed session of real commands and checks its invariants. The network node
+//! (`paycore node`, QUIC listener, journal) arrives with issues 3 and 4, the gateway with 7; no
+//! command here claims to be more than it is.
+
+use clap::{Parser, Subcommand};
+use paycore_engine::amount::{format_amount, parse_amount};
+use paycore_engine::{
+    Command, CurrencyCode, Effects, Engine, EngineConfig, IdempotencyKey, Op, Outcome, Rate,
+    UserId, WalletId,
+};
+
+/// paycore: an in-memory, sharded, journaled payment core.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Start paycore with embedded defaults. Today: runs one in-process engine shard through a
+    /// short session (open wallets, deposit, transfer, hold and capture, exchange) and prints
+    /// every outcome, the balances and the state hash. The network node comes with issue 4.
+    Up,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Action::Up => up(),
+    }
+}
+
+/// Applies client commands with consecutive sequence numbers and a fixed clock.
+struct Session {
+    engine: Engine,
+    effects: Effects,
+    sequence: u64,
+    timestamp_ns: u64,
+}
+
+impl Session {
+    fn run(&mut self, label: &str, op: Op) -> Outcome {
+        self.sequence += 1;
+        self.timestamp_ns += 1_000_000;
+        let key = IdempotencyKey::new(format!("up-{}", self.sequence).as_bytes())
+            .expect("short ascii key is valid");
+        self.effects.clear();
+        let outcome = self.engine.apply(
+            self.sequence,
+            self.timestamp_ns,
+            &Command::Client { key, op },
+            &mut self.effects,
+        );
+        println!("  {label:<44} -> {}", describe(&outcome));
+        outcome
+    }
+
+    fn balance(&self, wallet: WalletId, scale: u8) -> String {
+        self.engine
+            .wallet(wallet)
+            .map(|w| format!("available {}", format_amount(w.available, scale)))
+            .unwrap_or_else(|| "missing".into())
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ok(applied) => format!("ok {applied:?}"),
+        Outcome::Rejected(reason) => format!("rejected: {reason}"),
+        Outcome::LinkedRejected { index, reason } => {
+            format!("linked group rejected at op {index}: {reason}")
+        }
+    }
+}
+
+fn opened(outcome: Outcome) -> Option<WalletId> {
+    match outcome {
+        Outcome::Ok(paycore_engine::Applied::WalletOpened(wallet)) => Some(wallet),
+        _ => None,
+    }
+}
+
+fn up() -> std::process::ExitCode {
+    println!(
+        "paycore {} — engine only (node, journal, QUIC and gateway: not built yet)",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("one in-process shard, embedded defaults:");
+    let mut s = Session {
+        engine: Engine::new(EngineConfig::default()),
+        effects: Effects::default(),
+        sequence: 0,
+        timestamp_ns: 1_767_225_600_000_000_000, // 2026-01-01T00:00:00Z
+    };
+    let usd = CurrencyCode::parse("USD").expect("valid code");
+    let eur = CurrencyCode::parse("EUR").expect("valid code");
+    s.run(
+        "register USD (scale 2)",
+        Op::RegisterCurrency {
+            code: usd,
+            scale: 2,
+        },
+    );
+    s.run(
+        "register EUR (scale 2)",
+        Op::RegisterCurrency {
+            code: eur,
+            scale: 2,
+        },
+    );
+    let (alice, bob) = (UserId(0xa11ce), UserId(0xb0b));
+    let alice_usd = opened(s.run(
+        "open alice USD",
+        Op::OpenWallet {
+            user: alice,
+            currency: usd,
+        },
+    ));
+    let alice_eur = opened(s.run(
+        "open alice EUR",
+        Op::OpenWallet {
+            user: alice,
+            currency: eur,
+        },
+    ));
+    let bob_usd = opened(s.run(
+        "open bob USD",
+        Op::OpenWallet {
+            user: bob,
+            currency: usd,
+        },
+    ));
+    let (Some(alice_usd), Some(alice_eur), Some(bob_usd)) = (alice_usd, alice_eur, bob_usd) else {
+        eprintln!("error: opening wallets failed");
+        return std::process::ExitCode::FAILURE;
+    };
+    let amount = |text: &str| parse_amount(text, 2).expect("valid amount");
+    s.run(
+        "deposit 100.00 USD to alice",
+        Op::Deposit {
+            wallet: alice_usd,
+            amount: amount("100.00"),
+            currency: usd,
+        },
+    );
+    s.run(
+        "transfer 12.50 USD alice -> bob",
+        Op::Transfer {
+            from: alice_usd,
+            to: bob_usd,
+            amount: amount("12.50"),
+            currency: usd,
+        },
+    );
+    s.run(
+        "transfer 500.00 USD alice -> bob",
+        Op::Transfer {
+            from: alice_usd,
+            to: bob_usd,
+            amount: amount("500.00"),
+            currency: usd,
+        },
+    );
+    let hold = s.run(
+        "hold 20.00 USD on alice",
+        Op::Hold {
+            wallet: alice_usd,
+            amount: amount("20.00"),
+            currency: usd,
+            expires_at_ns: None,
+        },
+    );
+    if let Outcome::Ok(paycore_engine::Applied::HoldPlaced(hold)) = hold {
+        s.run(
+            "capture 15.00 of the hold to bob",
+            Op::Capture {
+                hold,
+                amount: Some(amount("15.00")),
+                to: Some(bob_usd),
+            },
+        );
+    }
+    let rate = Rate::new(9_215, 4).expect("valid rate");
+    s.run(
+        "exchange 10.00 USD -> EUR at 0.9215",
+        Op::Exchange {
+            from: alice_usd,
+            to: alice_eur,
+            amount: amount("10.00"),
+            rate,
+        },
+    );
+    println!("balances:");
+    println!("  alice USD {}", s.balance(alice_usd, 2));
+    println!("  alice EUR {}", s.balance(alice_eur, 2));
+    println!("  bob   USD {}", s.balance(bob_usd, 2));
+    let sums = s.engine.balance_sums();
+    println!("sum of balances per currency (double entry, must be 0): {sums:?}");
+    println!("state hash: {:032x}", s.engine.state_hash());
+    if sums.iter().all(|sum| *sum == 0) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("error: money is not conserved");
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: what README.md calls "run the tests" and what .ci/run runs.
+# Installs nothing today: the engine's tests need only cargo and cargo-nextest, which a fresh
+# machine of this kind has. Later issues add the services they need here (and only here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "cargo-nextest missing: installing it (one time)" >&2
+    cargo install --locked cargo-nextest
+fi
+cargo nextest run --workspace --no-fail-fast "$@"
+cargo test --workspace --doc --quiet
