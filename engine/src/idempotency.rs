@@ -198,13 +198,13 @@ mod tests {
             );
         }
         assert_eq!(table.find(&key("key-5")).map(|e| e.params), Some(5));
-        table.evict(150); // drops timestamps < 50, i.e. keys 0..50_000
-        assert!(table.find(&key("key-49999")).is_none());
-        assert_eq!(
-            table.find(&key("key-50000")).map(|e| e.params),
-            Some(50_000)
-        );
-        assert_eq!(table.len(), 150_000);
+        // A record lives while timestamp + window > now: evict(150) drops timestamps <= 50,
+        // i.e. keys 0..51_000.
+        table.evict(150);
+        assert!(table.find(&key("key-50999")).is_none());
+        let found = table.find(&key("key-51000")).map(|e| e.params);
+        assert_eq!(found, Some(51_000));
+        assert_eq!(table.len(), 149_000);
         table.evict(10_000);
         assert_eq!(table.len(), 0);
         table.insert(

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amount;
+pub mod codec;
 mod command;
 pub mod currency;
 mod digest;
