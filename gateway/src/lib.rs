@@ -2,3 +2,5 @@
 //! accounts and auth, rate limits, idempotency at the HTTP edge, WebSocket and SSE streams.
 //!
 //! **Not built yet** (issue 7).
+
+#![forbid(unsafe_code)]

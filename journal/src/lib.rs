@@ -1,5 +1,33 @@
-//! Journal: the per-shard, memory-mapped write-ahead log with group commit.
+//! # paycore-journal: the per-shard write-ahead log
 //!
-//! **Not built yet** (issue 3). It will hold preallocated segment files framed with length,
-//! CRC32C and sequence number, a named durability mode, poisoning after a failed sync, a reader
-//! that follows the writer, and crash recovery that truncates only an unacknowledged torn tail.
+//! Every command a shard applies is journaled before its reply; a restart, the hot standby and
+//! the Postgres flusher all read this journal. Records live in preallocated, zero-filled,
+//! memory-mapped segment files, framed with length, CRC32C, sequence number, epoch and timestamp
+//! (layout in [`format`] and `docs/design.md`).
+//!
+//! - [`JournalWriter`]: appends, and makes batches durable with one sync (group commit).
+//!   Durability is named ([`Durability::Fsync`] by default, [`Durability::None`] for
+//!   benchmarks). A failed sync poisons the writer.
+//! - [`recover`]: validates everything on start, truncates only an unacknowledged torn tail,
+//!   refuses corruption with file and offset (or cuts there on the operator's say-so).
+//! - [`JournalReader`]: records from a sequence on, up to the durable watermark.
+//! - [`Storage`]: the disk seam; [`MmapStorage`] for real, [`sim::SimStorage`] for power-loss
+//!   tests.
+//!
+//! The journal does not know what a payload means: it stores bytes. The engine's codec
+//! (`paycore_engine::codec`) encodes commands into them.
+
+mod error;
+pub mod format;
+mod reader;
+mod recovery;
+pub mod sim;
+mod storage;
+mod writer;
+
+pub use error::JournalError;
+pub use format::RecordRef;
+pub use reader::JournalReader;
+pub use recovery::{Recovered, RecoveryOptions, Truncation, recover};
+pub use storage::{MmapFile, MmapStorage, SegmentFile, Storage, sync_dir};
+pub use writer::{Durability, JournalConfig, JournalWriter, SegmentInfo};

@@ -3,3 +3,5 @@
 //!
 //! **Not built yet** (issue 4). Until then the engine's speed is measured by the criterion
 //! benches in `benches/`.
+
+#![forbid(unsafe_code)]

@@ -4,3 +4,5 @@
 //! bounded ring of commands in batches, assign sequence numbers and the timestamp (the only clock
 //! read in the core), journal the batch with group commit, apply it, and only then release replies
 //! and events. Cross-shard credit legs travel through the destination shard's ring and journal.
+
+#![forbid(unsafe_code)]
