@@ -22,8 +22,9 @@ use crate::command::{
     SettleLeg, Tier,
 };
 use crate::currency::CurrencyCode;
+use crate::currency::CurrencyId;
 use crate::ids::{HoldId, TransferId, UserId, WalletId};
-use crate::outcome::Reject;
+use crate::outcome::{Applied, Outcome, Reject};
 
 /// Why bytes are not a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +58,66 @@ pub enum DecodeErrorKind {
     Linked,
     #[error("bytes left after the command")]
     TrailingBytes,
+}
+
+/// Bytes of the longest outcome encoding.
+pub const OUTCOME_BYTES_MAX: usize = 34;
+
+/// Appends the encoding of an outcome (wire responses, snapshots):
+/// `0 applied_tag fields | 1 reject:u8 | 2 index:u16 reject:u8`, applied tags 0 done,
+/// 1 wallet_opened u64, 2 currency_registered u16, 3 transferred u128 pending:u8,
+/// 4 hold_placed u64, 5 exchanged u128 u128, 6 linked u16.
+pub fn encode_outcome(outcome: &Outcome, out: &mut Vec<u8>) {
+    match outcome {
+        Outcome::Ok(applied) => {
+            out.push(0);
+            match applied {
+                Applied::Done => out.push(0),
+                Applied::WalletOpened(wallet) => {
+                    out.push(1);
+                    put_u64(out, wallet.0);
+                }
+                Applied::CurrencyRegistered(currency) => {
+                    out.push(2);
+                    out.extend_from_slice(&currency.0.to_le_bytes());
+                }
+                Applied::Transferred { transfer, pending } => {
+                    out.push(3);
+                    put_u128(out, transfer.0);
+                    out.push(u8::from(*pending));
+                }
+                Applied::HoldPlaced(hold) => {
+                    out.push(4);
+                    put_u64(out, hold.0);
+                }
+                Applied::Exchanged { transfer, credited } => {
+                    out.push(5);
+                    put_u128(out, transfer.0);
+                    put_u128(out, *credited);
+                }
+                Applied::Linked { ops } => {
+                    out.push(6);
+                    out.extend_from_slice(&ops.to_le_bytes());
+                }
+            }
+        }
+        Outcome::Rejected(reason) => {
+            out.push(1);
+            out.push(*reason as u8);
+        }
+        Outcome::LinkedRejected { index, reason } => {
+            out.push(2);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.push(*reason as u8);
+        }
+    }
+}
+
+/// Decodes one outcome from the start of `bytes`; returns it and the bytes it took.
+pub fn decode_outcome(bytes: &[u8]) -> Result<(Outcome, usize), DecodeError> {
+    let mut reader = Reader { bytes, offset: 0 };
+    let outcome = reader.outcome()?;
+    Ok((outcome, reader.offset))
 }
 
 /// Appends the encoding of `command` to `out`.
@@ -359,12 +420,12 @@ impl Reader<'_> {
                 let transfer = TransferId(self.u128()?);
                 let from_shard = self.u16()?;
                 let from_sequence = self.u64()?;
-                let refused = match self.u8()? {
-                    0 => None,
-                    code => Some(Reject::from_u8(code).ok_or(DecodeError {
-                        offset: self.offset - 1,
-                        kind: DecodeErrorKind::Reject(code),
-                    })?),
+                let refused = match self.bytes.get(self.offset) {
+                    Some(0) => {
+                        self.offset += 1;
+                        None
+                    }
+                    _ => Some(self.reject()?),
                 };
                 Ok(Command::SettleLeg(SettleLeg {
                     transfer,
@@ -376,6 +437,63 @@ impl Reader<'_> {
             4 => Ok(Command::Tick),
             tag => Err(DecodeError {
                 offset: self.offset - 1,
+                kind: DecodeErrorKind::CommandTag(tag),
+            }),
+        }
+    }
+
+    fn reject(&mut self) -> Result<Reject, DecodeError> {
+        let code = self.u8()?;
+        Reject::from_u8(code).ok_or(DecodeError {
+            offset: self.offset - 1,
+            kind: DecodeErrorKind::Reject(code),
+        })
+    }
+
+    fn outcome(&mut self) -> Result<Outcome, DecodeError> {
+        let tag_offset = self.offset;
+        match self.u8()? {
+            0 => {
+                let applied = match self.u8()? {
+                    0 => Applied::Done,
+                    1 => Applied::WalletOpened(WalletId(self.u64()?)),
+                    2 => Applied::CurrencyRegistered(CurrencyId(self.u16()?)),
+                    3 => {
+                        let transfer = TransferId(self.u128()?);
+                        let pending = match self.u8()? {
+                            0 => false,
+                            1 => true,
+                            other => {
+                                return Err(DecodeError {
+                                    offset: self.offset - 1,
+                                    kind: DecodeErrorKind::OptionFlag(other),
+                                });
+                            }
+                        };
+                        Applied::Transferred { transfer, pending }
+                    }
+                    4 => Applied::HoldPlaced(HoldId(self.u64()?)),
+                    5 => Applied::Exchanged {
+                        transfer: TransferId(self.u128()?),
+                        credited: self.u128()?,
+                    },
+                    6 => Applied::Linked { ops: self.u16()? },
+                    tag => {
+                        return Err(DecodeError {
+                            offset: self.offset - 1,
+                            kind: DecodeErrorKind::OpTag(tag),
+                        });
+                    }
+                };
+                Ok(Outcome::Ok(applied))
+            }
+            1 => Ok(Outcome::Rejected(self.reject()?)),
+            2 => Ok(Outcome::LinkedRejected {
+                index: self.u16()?,
+                reason: self.reject()?,
+            }),
+            tag => Err(DecodeError {
+                offset: tag_offset,
                 kind: DecodeErrorKind::CommandTag(tag),
             }),
         }
@@ -647,6 +765,38 @@ mod tests {
                 prop_assert_eq!(again, bytes);
             }
         }
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        let outcomes = [
+            Outcome::Ok(Applied::Done),
+            Outcome::Ok(Applied::WalletOpened(WalletId(u64::MAX))),
+            Outcome::Ok(Applied::CurrencyRegistered(CurrencyId(7))),
+            Outcome::Ok(Applied::Transferred {
+                transfer: TransferId(u128::MAX),
+                pending: true,
+            }),
+            Outcome::Ok(Applied::HoldPlaced(HoldId(9))),
+            Outcome::Ok(Applied::Exchanged {
+                transfer: TransferId(1),
+                credited: u128::MAX,
+            }),
+            Outcome::Ok(Applied::Linked { ops: 64 }),
+            Outcome::Rejected(Reject::InsufficientFunds),
+            Outcome::LinkedRejected {
+                index: 3,
+                reason: Reject::WalletFrozen,
+            },
+        ];
+        for outcome in outcomes {
+            let mut bytes = Vec::new();
+            encode_outcome(&outcome, &mut bytes);
+            assert!(bytes.len() <= OUTCOME_BYTES_MAX);
+            assert_eq!(decode_outcome(&bytes), Ok((outcome, bytes.len())));
+        }
+        assert!(decode_outcome(&[1, 0]).is_err());
+        assert!(decode_outcome(&[0, 3, 1]).is_err());
     }
 
     #[test]

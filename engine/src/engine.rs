@@ -65,9 +65,9 @@ pub struct CurrencyInfo {
     /// Largest balance or amount, in minor units.
     pub max: u128,
     /// Slots of the system wallets, indexed by `SystemRole as usize`.
-    system: [u32; 4],
+    pub(crate) system: [u32; 4],
     /// Outgoing limit per wallet over 24 h, indexed by `Tier::index`.
-    limits_24h: [Option<u128>; 3],
+    pub(crate) limits_24h: [Option<u128>; 3],
 }
 
 impl CurrencyInfo {
@@ -78,9 +78,9 @@ impl CurrencyInfo {
 
 /// A cross-shard transfer debited here and not yet settled by its destination shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PendingLeg {
-    from_slot: u32,
-    amount: u128,
+pub(crate) struct PendingLeg {
+    pub(crate) from_slot: u32,
+    pub(crate) amount: u128,
 }
 
 /// How to undo one change, for linked groups.
@@ -121,23 +121,23 @@ enum Undo {
 /// One shard's ledger.
 #[derive(Debug)]
 pub struct Engine {
-    config: EngineConfig,
-    currencies: Vec<CurrencyInfo>,
-    wallets: Vec<Wallet>,
+    pub(crate) config: EngineConfig,
+    pub(crate) currencies: Vec<CurrencyInfo>,
+    pub(crate) wallets: Vec<Wallet>,
     /// Open (not closed) user wallets by (user, currency); holds slots.
-    user_index: HashTable<u32>,
-    velocity: Vec<VelocityWindow>,
+    pub(crate) user_index: HashTable<u32>,
+    pub(crate) velocity: Vec<VelocityWindow>,
     /// Users whose tier is not the default.
-    tiers: HashMap<u128, Tier, FixedState>,
-    holds: Holds,
-    pending: HashMap<u128, PendingLeg, FixedState>,
+    pub(crate) tiers: HashMap<u128, Tier, FixedState>,
+    pub(crate) holds: Holds,
+    pub(crate) pending: HashMap<u128, PendingLeg, FixedState>,
     /// Per origin shard, the origin sequence of the last credit leg applied.
-    credits_seen: Vec<u64>,
+    pub(crate) credits_seen: Vec<u64>,
     /// Per destination shard, the sequence of the last settle message applied.
-    settles_seen: Vec<u64>,
-    idempotency: IdempotencyTable,
-    last_sequence: u64,
-    last_timestamp_ns: u64,
+    pub(crate) settles_seen: Vec<u64>,
+    pub(crate) idempotency: IdempotencyTable,
+    pub(crate) last_sequence: u64,
+    pub(crate) last_timestamp_ns: u64,
     /// Movements made so far by the command being applied (the index of the next TransferId).
     movements: u16,
     /// `Some` while a linked group is being applied.
@@ -1004,7 +1004,7 @@ impl Engine {
         slot
     }
 
-    fn index_insert(&mut self, slot: u32) {
+    pub(crate) fn index_insert(&mut self, slot: u32) {
         let wallet = &self.wallets[slot as usize];
         let seed = self.config.hash_seed;
         let hash = user_currency_hash(seed, wallet.user.0, wallet.currency.0);
@@ -1026,7 +1026,7 @@ impl Engine {
         self.record(Undo::IndexRemoved { slot });
     }
 
-    fn find_user_wallet(&self, user: UserId, currency: CurrencyId) -> Option<u32> {
+    pub(crate) fn find_user_wallet(&self, user: UserId, currency: CurrencyId) -> Option<u32> {
         let hash = user_currency_hash(self.config.hash_seed, user.0, currency.0);
         self.user_index
             .find(hash, |&s| {

@@ -32,6 +32,7 @@ mod hashing;
 mod hold;
 mod idempotency;
 mod ids;
+pub mod image;
 mod outcome;
 pub mod velocity;
 mod wallet;

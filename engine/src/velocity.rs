@@ -62,6 +62,12 @@ impl VelocityWindow {
         }
     }
 
+    pub(crate) fn from_buckets(buckets: Vec<(u64, u128)>) -> Self {
+        VelocityWindow {
+            buckets: buckets.into(),
+        }
+    }
+
     pub(crate) fn buckets(&self) -> impl Iterator<Item = &(u64, u128)> {
         self.buckets.iter()
     }
