@@ -119,7 +119,7 @@ enum Undo {
 }
 
 /// One shard's ledger.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) currencies: Vec<CurrencyInfo>,

@@ -23,7 +23,7 @@ pub struct Hold {
     pub created_at_ns: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Holds {
     open: HashMap<u64, Hold, FixedState>,
     expiry: BTreeSet<(u64, u64)>,

@@ -27,7 +27,7 @@ pub(crate) struct Entry {
 }
 
 /// FIFO byte arena: keys are appended at the back and released from the front.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct KeyArena {
     bytes: Vec<u8>,
     /// Index in `bytes` of the first live byte.
@@ -60,7 +60,7 @@ impl KeyArena {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct IdempotencyTable {
     entries: VecDeque<Entry>,
     /// Entry number of `entries[0]`; numbers grow by one per insert.

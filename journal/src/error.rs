@@ -22,6 +22,8 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
+    #[error("journal configuration invalid: {0}")]
+    Config(String),
     #[error("record payload of {len} bytes is outside 1..={max}")]
     PayloadSize { len: usize, max: usize },
     #[error("record {got} appended where {expected} is next")]

@@ -99,10 +99,17 @@ impl<S: Storage> JournalWriter<S> {
         config: JournalConfig,
         recovered: &Recovered,
     ) -> Result<Self, JournalError> {
-        assert!(config.batch_bytes_max as u64 >= record_bytes(RECORD_PAYLOAD_BYTES_MAX) as u64);
-        assert!(
-            config.segment_bytes >= (SEGMENT_HEADER_BYTES as u64 + config.batch_bytes_max as u64)
-        );
+        let smallest_batch = record_bytes(RECORD_PAYLOAD_BYTES_MAX) as u64;
+        if u64::from(config.batch_bytes_max) < smallest_batch {
+            return Err(JournalError::Config(format!(
+                "batch_bytes_max must be at least {smallest_batch}"
+            )));
+        }
+        if config.segment_bytes < SEGMENT_HEADER_BYTES as u64 + u64::from(config.batch_bytes_max) {
+            return Err(JournalError::Config(
+                "segment_bytes must exceed batch_bytes_max plus the segment header".into(),
+            ));
+        }
         let segment = match recovered.segments.last() {
             Some(last) => Some(
                 storage

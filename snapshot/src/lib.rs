@@ -1,6 +1,20 @@
-//! Snapshots: a consistent, checksummed rkyv image of one shard at a sequence number.
+//! # paycore-snapshot: shard images on disk, and start-up recovery
 //!
-//! **Not built yet** (issue 3). Start-up will load the newest valid snapshot and replay the journal
-//! after it; a corrupt snapshot falls back to the one before.
+//! A snapshot is a consistent image of one shard's engine at a sequence number, serialised with
+//! rkyv, checksummed, and written atomically (temporary file, fsync, rename, folder fsync); see
+//! [`file`] for the layout. Start-up ([`open_shard`]) loads the newest valid snapshot, falls back
+//! to an older one if it is damaged (and says so), and replays the journal after it.
+//!
+//! Snapshots are taken from a [`Replica`] that follows the journal on its own thread, so the
+//! shard's writer thread never pauses for one (design in `docs/design.md`, figures in
+//! `BENCHMARKS.md`).
 
 #![forbid(unsafe_code)]
+
+pub mod file;
+mod replica;
+mod shard;
+
+pub use file::{SnapshotError, list_snapshots, prune_snapshots, read_snapshot, write_snapshot};
+pub use replica::{Replica, SnapshotPolicy, Snapshotter};
+pub use shard::{DurableShard, RecoveryReport, ShardError, ShardPaths, open_shard};

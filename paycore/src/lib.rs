@@ -1,0 +1,5 @@
+//! The `paycore` binary's library half: subcommands that tests also drive.
+
+#![forbid(unsafe_code)]
+
+pub mod torture;

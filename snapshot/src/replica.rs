@@ -1,0 +1,191 @@
+//! Snapshots taken from a replica, so the shard writer never stops for them.
+//!
+//! A [`Replica`] is a second engine that follows the journal's durable records (its own reader,
+//! its own copy of the state) on another thread. Taking a snapshot serialises the replica, not
+//! the live engine: the writer thread is not paused at all, whatever the number of wallets. The
+//! price is a second copy of the shard in memory and the CPU to apply each command twice (the
+//! engine applies millions per second, so a fraction of a core). The same replica is what a hot
+//! standby runs (issue 5).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use paycore_engine::codec::decode_command;
+use paycore_engine::{Effects, Engine};
+use paycore_journal::{JournalReader, MmapStorage};
+
+use crate::file::{prune_snapshots, write_snapshot};
+use crate::shard::ShardError;
+
+/// Records applied per reader call.
+const FOLLOW_BATCH_RECORDS: usize = 16 * 1024;
+
+pub struct Replica {
+    engine: Engine,
+    reader: JournalReader<MmapStorage>,
+    effects: Effects,
+    snapshots: PathBuf,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("last_sequence", &self.engine.last_sequence())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// A replica starting from `engine` (a copy of the live state) that follows `journal` up to
+    /// the writer's durable `watermark`.
+    pub fn new(
+        engine: Engine,
+        journal: MmapStorage,
+        watermark: Arc<AtomicU64>,
+        snapshots: PathBuf,
+    ) -> Replica {
+        let reader = JournalReader::new(journal, engine.last_sequence() + 1, Some(watermark));
+        Replica {
+            engine,
+            reader,
+            effects: Effects::default(),
+            snapshots,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Applies every durable record not yet applied; returns how many.
+    pub fn catch_up(&mut self) -> Result<u64, ShardError> {
+        let mut applied = 0u64;
+        loop {
+            let mut failure = None;
+            let engine = &mut self.engine;
+            let effects = &mut self.effects;
+            let read = self.reader.read(FOLLOW_BATCH_RECORDS, |record| {
+                if failure.is_some() {
+                    return;
+                }
+                match decode_command(record.payload) {
+                    Ok(command) => {
+                        engine.apply(record.sequence, record.timestamp_ns, &command, effects);
+                    }
+                    Err(error) => failure = Some((record.sequence, error.to_string())),
+                }
+            })?;
+            self.effects.clear();
+            if let Some((sequence, reason)) = failure {
+                return Err(ShardError::Replay { sequence, reason });
+            }
+            applied += read as u64;
+            if read < FOLLOW_BATCH_RECORDS {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Writes a snapshot of the replica's state; returns its sequence and size in bytes.
+    pub fn snapshot(&mut self) -> Result<(u64, u64), ShardError> {
+        let (_, bytes) = write_snapshot(&self.snapshots, &self.engine)?;
+        Ok((self.engine.last_sequence(), bytes))
+    }
+}
+
+/// When the snapshotter takes a snapshot: after `every_records` new records or `every_ms`
+/// milliseconds with at least one new record, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    pub every_records: u64,
+    pub every_ms: u64,
+    /// Snapshots kept on disk (the newest ones).
+    pub keep: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_records: 1_000_000,
+            every_ms: 60_000,
+            keep: 2,
+        }
+    }
+}
+
+/// Handle of a snapshotter thread.
+#[derive(Debug)]
+pub struct Snapshotter {
+    stop: Arc<AtomicBool>,
+    /// Sequence of the newest snapshot on disk (0: none yet).
+    pub latest: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<(), ShardError>>>,
+}
+
+impl Snapshotter {
+    /// Runs `replica` on its own thread under `policy`.
+    pub fn spawn(mut replica: Replica, policy: SnapshotPolicy) -> Snapshotter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let latest = Arc::new(AtomicU64::new(0));
+        let (stop_flag, latest_out) = (stop.clone(), latest.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("snapshot-{}", replica.engine.config().shard))
+            .spawn(move || {
+                let mut since = 0u64;
+                let mut last_at = Instant::now();
+                while !stop_flag.load(Ordering::Acquire) {
+                    let applied = replica.catch_up()?;
+                    since += applied;
+                    let due = since >= policy.every_records
+                        || (since > 0
+                            && last_at.elapsed() >= Duration::from_millis(policy.every_ms));
+                    if due {
+                        let started = Instant::now();
+                        let (sequence, bytes) = replica.snapshot()?;
+                        prune_snapshots(&replica.snapshots, policy.keep)?;
+                        latest_out.store(sequence, Ordering::Release);
+                        tracing::info!(
+                            shard = replica.engine.config().shard,
+                            sequence,
+                            bytes,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        );
+                        since = 0;
+                        last_at = Instant::now();
+                    } else if applied == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|error| panic!("cannot start the snapshot thread: {error}"));
+        Snapshotter {
+            stop,
+            latest,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread and returns its result.
+    pub fn stop(mut self) -> Result<(), ShardError> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => panic!("snapshot thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
