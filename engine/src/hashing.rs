@@ -15,15 +15,18 @@ pub(crate) fn fold_mul(a: u64, b: u64) -> u64 {
 }
 
 /// Hash of a (user, currency) pair, the key of the wallet index.
+///
+/// Each half is multiplied by a fixed odd constant on its own before they are combined, so no
+/// input makes a product vanish (an earlier version multiplied the two halves together, and the
+/// high half of small sequential user ids is zero: every such key hashed alike).
 pub(crate) fn user_currency_hash(seed: u64, user: u128, currency: u16) -> u64 {
-    let low = user as u64;
-    let high = (user >> 64) as u64;
-    let mixed = fold_mul(
-        low ^ seed ^ MULTIPLIER,
-        high ^ u64::from(currency).rotate_left(32),
-    );
-    fold_mul(mixed, MULTIPLIER)
+    let low = fold_mul(user as u64 ^ seed, MULTIPLIER);
+    let high = fold_mul((user >> 64) as u64 ^ (u64::from(currency) << 48) ^ SECOND, THIRD);
+    fold_mul(low ^ high.rotate_left(29), MULTIPLIER)
 }
+
+const SECOND: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const THIRD: u64 = 0x1656_67B1_9E37_79F9;
 
 /// Build hasher for tables keyed by integers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,5 +63,24 @@ impl Hasher for IntHasher {
     fn write_u128(&mut self, value: u128) {
         self.write_u64(value as u64);
         self.write_u64((value >> 64) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_and_random_users_spread_over_buckets() {
+        // Small sequential ids (high half zero) and ids differing only in the high half, in
+        // two currencies: the low 20 bits of the hashes must be nearly all distinct.
+        let mut seen = std::collections::HashSet::new();
+        let keys = (1..=20_000u128).chain((1..=20_000u128).map(|u| u << 64));
+        for user in keys {
+            for currency in [0u16, 1] {
+                seen.insert(user_currency_hash(0, user, currency) & 0xF_FFFF);
+            }
+        }
+        assert!(seen.len() > 70_000, "only {} distinct buckets of 80000", seen.len());
     }
 }
