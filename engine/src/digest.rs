@@ -8,39 +8,58 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::currency::CurrencyCode;
 
-/// Where digested bytes go.
+/// Where digested values go.
 pub(crate) trait Sink {
     fn update(&mut self, bytes: &[u8]);
+    /// An integer `width` bytes wide (1, 2, 4, 8 or 16).
+    fn int(&mut self, value: u128, width: usize);
 }
 
 impl Sink for Xxh3 {
     fn update(&mut self, bytes: &[u8]) {
         Xxh3::update(self, bytes);
     }
+
+    fn int(&mut self, value: u128, width: usize) {
+        Xxh3::update(self, &value.to_le_bytes()[..width]);
+    }
 }
 
-/// A 64-bit fingerprint of a short byte stream (a command's parameters), built in a stack
-/// buffer: no streaming-hasher set-up on the hot path. Longer streams are folded chunk by chunk.
-#[derive(Debug)]
+/// A 64-bit fingerprint of a command's parameters, folded word by word with multiplications by
+/// fixed constants: a few instructions per field, no buffer and no set-up on the hot path.
+/// Deterministic on every machine. Not collision-resistant against a chosen input, which is
+/// harmless here: a collision could only make a retry with other parameters return the first
+/// outcome (nothing applies), never apply anything twice.
+#[derive(Debug, Default)]
 pub(crate) struct Fingerprint {
-    buffer: [u8; FINGERPRINT_CHUNK_BYTES],
-    len: usize,
-    folded: u64,
+    state: u64,
+    words: u64,
 }
 
-const FINGERPRINT_CHUNK_BYTES: usize = 192;
+impl Fingerprint {
+    fn word(&mut self, word: u64) {
+        self.state = crate::hashing::fold_mul(self.state ^ word, 0x9E37_79B9_7F4A_7C15);
+        self.words += 1;
+    }
+}
 
 impl Sink for Fingerprint {
-    fn update(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.len == FINGERPRINT_CHUNK_BYTES {
-                self.folded = xxhash_rust::xxh3::xxh3_64_with_seed(&self.buffer, self.folded);
-                self.len = 0;
-            }
-            let take = bytes.len().min(FINGERPRINT_CHUNK_BYTES - self.len);
-            self.buffer[self.len..self.len + take].copy_from_slice(&bytes[..take]);
-            self.len += take;
-            bytes = &bytes[take..];
+    fn update(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(word));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(tail) ^ (bytes.len() as u64) << 56);
+    }
+
+    fn int(&mut self, value: u128, width: usize) {
+        self.word(value as u64);
+        if width == 16 {
+            self.word((value >> 64) as u64);
         }
     }
 }
@@ -65,47 +84,42 @@ impl Digest<Xxh3> {
 
 impl Digest<Fingerprint> {
     pub(crate) fn fingerprint() -> Self {
-        Digest(Fingerprint {
-            buffer: [0; FINGERPRINT_CHUNK_BYTES],
-            len: 0,
-            folded: 0,
-        })
+        Digest(Fingerprint::default())
     }
 
     pub(crate) fn finish_64(&self) -> u64 {
-        let f = &self.0;
-        xxhash_rust::xxh3::xxh3_64_with_seed(&f.buffer[..f.len], f.folded)
+        crate::hashing::fold_mul(self.0.state ^ self.0.words, 0xC2B2_AE3D_27D4_EB4F)
     }
 }
 
 impl<S: Sink> Digest<S> {
     pub(crate) fn u8(&mut self, value: u8) -> &mut Self {
-        self.0.update(&[value]);
+        self.0.int(u128::from(value), 1);
         self
     }
 
     pub(crate) fn u16(&mut self, value: u16) -> &mut Self {
-        self.0.update(&value.to_le_bytes());
+        self.0.int(u128::from(value), 2);
         self
     }
 
     pub(crate) fn u32(&mut self, value: u32) -> &mut Self {
-        self.0.update(&value.to_le_bytes());
+        self.0.int(u128::from(value), 4);
         self
     }
 
     pub(crate) fn u64(&mut self, value: u64) -> &mut Self {
-        self.0.update(&value.to_le_bytes());
+        self.0.int(u128::from(value), 8);
         self
     }
 
     pub(crate) fn u128(&mut self, value: u128) -> &mut Self {
-        self.0.update(&value.to_le_bytes());
+        self.0.int(value, 16);
         self
     }
 
     pub(crate) fn i128(&mut self, value: i128) -> &mut Self {
-        self.0.update(&value.to_le_bytes());
+        self.0.int(value as u128, 16);
         self
     }
 
