@@ -21,7 +21,10 @@ pub(crate) fn fold_mul(a: u64, b: u64) -> u64 {
 /// high half of small sequential user ids is zero: every such key hashed alike).
 pub(crate) fn user_currency_hash(seed: u64, user: u128, currency: u16) -> u64 {
     let low = fold_mul(user as u64 ^ seed, MULTIPLIER);
-    let high = fold_mul((user >> 64) as u64 ^ (u64::from(currency) << 48) ^ SECOND, THIRD);
+    let high = fold_mul(
+        (user >> 64) as u64 ^ (u64::from(currency) << 48) ^ SECOND,
+        THIRD,
+    );
     fold_mul(low ^ high.rotate_left(29), MULTIPLIER)
 }
 
@@ -81,6 +84,10 @@ mod tests {
                 seen.insert(user_currency_hash(0, user, currency) & 0xF_FFFF);
             }
         }
-        assert!(seen.len() > 70_000, "only {} distinct buckets of 80000", seen.len());
+        assert!(
+            seen.len() > 70_000,
+            "only {} distinct buckets of 80000",
+            seen.len()
+        );
     }
 }
