@@ -265,12 +265,21 @@ impl Op {
                 expires_at_ns,
             } => {
                 digest.u8(8).u64(wallet.0).u128(*amount).code(currency);
-                digest.u64(expires_at_ns.map_or(0, |t| t.saturating_add(1)));
+                match expires_at_ns {
+                    Some(at) => digest.u8(1).u64(*at),
+                    None => digest.u8(0),
+                };
             }
             Op::Capture { hold, amount, to } => {
                 digest.u8(9).u64(hold.0);
-                digest.u128(amount.map_or(0, |a| a.saturating_add(1)));
-                digest.u64(to.map_or(u64::MAX, |w| w.0));
+                match amount {
+                    Some(amount) => digest.u8(1).u128(*amount),
+                    None => digest.u8(0),
+                };
+                match to {
+                    Some(to) => digest.u8(1).u64(to.0),
+                    None => digest.u8(0),
+                };
             }
             Op::Release { hold } => {
                 digest.u8(10).u64(hold.0);

@@ -23,6 +23,13 @@ use crate::outcome::{Applied, Outcome, Reject};
 use crate::velocity::{BUCKET_NS, VelocityWindow};
 use crate::wallet::{NO_VELOCITY, SystemRole, Wallet, WalletKind, WalletStatus};
 
+/// Bound of a system wallet's balance, in minor units, either sign. System wallets accumulate a
+/// shard's lifetime net flows (settlement: all deposits less withdrawals; in-transit: all
+/// outgoing less incoming cross-shard transfers), so they get the room of i128 rather than the
+/// user bound of DECIMAL(28, 18): 10^36 minor units is never reached in practice, and sums over
+/// any number of shards still fit in i128.
+pub const SYSTEM_BALANCE_MAX: i128 = 10i128.pow(36);
+
 /// Nanoseconds in 24 hours: the default idempotency window.
 pub const DAY_NS: u64 = 24 * 3_600 * 1_000_000_000;
 
@@ -131,8 +138,9 @@ pub struct Engine {
     pub(crate) tiers: HashMap<u128, Tier, FixedState>,
     pub(crate) holds: Holds,
     pub(crate) pending: HashMap<u128, PendingLeg, FixedState>,
-    /// Per origin shard, the origin sequence of the last credit leg applied.
-    pub(crate) credits_seen: Vec<u64>,
+    /// Per origin shard, the transfer id of the last credit leg applied (ids sort in the
+    /// origin's commit order, and one command may send several legs to one shard).
+    pub(crate) credits_seen: Vec<u128>,
     /// Per destination shard, the sequence of the last settle message applied.
     pub(crate) settles_seen: Vec<u64>,
     pub(crate) idempotency: IdempotencyTable,
@@ -161,7 +169,7 @@ impl Engine {
             tiers: HashMap::with_hasher(FixedState(config.hash_seed)),
             holds: Holds::new(config.hash_seed),
             pending: HashMap::with_hasher(FixedState(config.hash_seed)),
-            credits_seen: vec![0; shards],
+            credits_seen: vec![0u128; shards],
             settles_seen: vec![0; shards],
             idempotency: IdempotencyTable::new(
                 config.idempotency_window_ns,
@@ -199,6 +207,7 @@ impl Engine {
         self.last_sequence = sequence;
         self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
         self.movements = 0;
+        self.idempotency.evict(self.last_timestamp_ns);
         self.expire_holds(effects);
         match command {
             Command::Tick => Outcome::Ok(Applied::Done),
@@ -210,7 +219,6 @@ impl Engine {
 
     fn apply_client(&mut self, key: &IdempotencyKey, op: &Op, effects: &mut Effects) -> Outcome {
         let now = self.last_timestamp_ns;
-        self.idempotency.evict(now);
         let mut digest = Digest::fingerprint();
         op.digest(&mut digest);
         let params = digest.finish_64();
@@ -222,7 +230,8 @@ impl Engine {
             };
         }
         if self.idempotency.is_full() {
-            return Outcome::Rejected(Reject::IdempotencyCapacityExceeded);
+            // Bounded memory: the oldest record makes room (see docs/design.md §8).
+            self.idempotency.evict_oldest();
         }
         let outcome = match op {
             Op::Linked(ops) => self.apply_linked(ops, effects),
@@ -600,7 +609,11 @@ impl Engine {
             (false, Some(to)) => (self.destination(to, cur)?, TransferKind::Capture),
             _ => return Err(Reject::CaptureDestinationInvalid),
         };
-        self.check_can_send(slot)?;
+        // No "can send" check: the hold was authorised while the wallet was active and its
+        // money is already set aside, so a later freeze does not stop its capture (a provider
+        // that has paid a withdrawal out must be able to settle it). The wallet cannot be
+        // closed while the hold is open.
+        debug_assert!(self.wallets[slot as usize].status != WalletStatus::Closed);
         if let Destination::Local(to_slot) = destination
             && self.wallets[to_slot as usize].status == WalletStatus::Closed
         {
@@ -703,10 +716,10 @@ impl Engine {
             return Outcome::Rejected(Reject::LegUnknown);
         }
         let seen = &mut self.credits_seen[usize::from(origin)];
-        if leg.origin_sequence <= *seen {
+        if leg.transfer.0 <= *seen {
             return Outcome::Rejected(Reject::LegDuplicate);
         }
-        *seen = leg.origin_sequence;
+        *seen = leg.transfer.0;
         let sequence = self.last_sequence;
         let refused = self.credit_leg_checks(leg).err();
         effects.messages.push(ShardMessage::Settle {
@@ -820,8 +833,17 @@ impl Engine {
         Ok(())
     }
 
+    /// The slot of a wallet of this shard. A wallet of another existing shard is `wrong_shard`
+    /// (the command was routed to the wrong shard), of no shard `wallet_not_found`.
     fn slot(&self, wallet: WalletId) -> Result<u32, Reject> {
-        if wallet.shard() != self.config.shard || wallet.slot() >= self.wallets.len() as u64 {
+        if wallet.shard() != self.config.shard {
+            return Err(if wallet.shard() < self.config.shard_count {
+                Reject::WrongShard
+            } else {
+                Reject::WalletNotFound
+            });
+        }
+        if wallet.slot() >= self.wallets.len() as u64 {
             return Err(Reject::WalletNotFound);
         }
         Ok(wallet.slot() as u32)
@@ -871,11 +893,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Credit of `amount` keeps the balance within the currency's maximum.
+    /// The largest balance a wallet may hold: the currency's maximum for a user wallet,
+    /// [`SYSTEM_BALANCE_MAX`] for a system wallet.
+    fn balance_max(&self, wallet: &Wallet) -> i128 {
+        match wallet.kind {
+            WalletKind::User => self.currencies[usize::from(wallet.currency.0)].max as i128,
+            WalletKind::System(_) => SYSTEM_BALANCE_MAX,
+        }
+    }
+
+    /// Credit of `amount` keeps the balance within the wallet's maximum.
     fn check_credit(&self, slot: u32, amount: u128) -> Result<(), Reject> {
         let wallet = &self.wallets[slot as usize];
-        let max = self.currencies[usize::from(wallet.currency.0)].max;
-        if wallet.balance() + amount as i128 > max as i128 {
+        if wallet.balance() + amount as i128 > self.balance_max(wallet) {
             return Err(Reject::BalanceOverflow);
         }
         Ok(())
@@ -884,8 +914,8 @@ impl Engine {
     /// Debit of a system wallet keeps its balance above minus the currency's maximum.
     fn check_debit_system(&self, slot: u32, amount: u128) -> Result<(), Reject> {
         let wallet = &self.wallets[slot as usize];
-        let max = self.currencies[usize::from(wallet.currency.0)].max;
-        if wallet.balance() - (amount as i128) < -(max as i128) {
+        debug_assert!(!wallet.is_user());
+        if wallet.balance() - (amount as i128) < -SYSTEM_BALANCE_MAX {
             return Err(Reject::BalanceOverflow);
         }
         Ok(())
@@ -945,7 +975,11 @@ impl Engine {
 
     fn open_hold(&self, hold: HoldId) -> Result<&Hold, Reject> {
         if hold.shard() != self.config.shard {
-            return Err(Reject::HoldNotFound);
+            return Err(if hold.shard() < self.config.shard_count {
+                Reject::WrongShard
+            } else {
+                Reject::HoldNotFound
+            });
         }
         match self.holds.get(hold) {
             Some(open) => Ok(open),
@@ -1370,11 +1404,28 @@ impl Engine {
 
     /// The recorded outcome of a client key, while it is inside its window.
     pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<Outcome> {
-        self.idempotency.find(key).map(|e| e.outcome)
+        let window = self.config.idempotency_window_ns;
+        let now = self.last_timestamp_ns;
+        self.idempotency
+            .find(key)
+            .filter(|e| e.timestamp_ns.saturating_add(window) > now)
+            .map(|e| e.outcome)
     }
 
+    /// Idempotency records held.
     pub fn idempotency_entries(&self) -> usize {
         self.idempotency.len()
+    }
+
+    /// Records forgotten before their window passed because the table was full: non-zero
+    /// means `idempotency_entries_max` is too small for the load (a metric to alert on).
+    pub fn idempotency_evicted_early(&self) -> u64 {
+        self.idempotency.evicted_early()
+    }
+
+    /// Command time the idempotency records cover: the effective deduplication window.
+    pub fn idempotency_span_ns(&self) -> u64 {
+        self.idempotency.span_ns(self.last_timestamp_ns)
     }
 
     pub fn transfers_in_flight(&self) -> usize {
@@ -1459,7 +1510,10 @@ impl Engine {
         for (transfer, leg) in pending {
             d.u128(transfer).u32(leg.from_slot).u128(leg.amount);
         }
-        for seen in self.credits_seen.iter().chain(&self.settles_seen) {
+        for seen in &self.credits_seen {
+            d.u128(*seen);
+        }
+        for seen in &self.settles_seen {
             d.u64(*seen);
         }
         d.u64(self.idempotency.len() as u64);

@@ -71,6 +71,7 @@ pub(crate) struct IdempotencyTable {
     seed: u64,
     window_ns: u64,
     entries_max: usize,
+    evicted_early: u64,
 }
 
 impl IdempotencyTable {
@@ -84,6 +85,7 @@ impl IdempotencyTable {
             seed,
             window_ns,
             entries_max,
+            evicted_early: 0,
         }
     }
 
@@ -105,6 +107,30 @@ impl IdempotencyTable {
             if front.timestamp_ns.saturating_add(self.window_ns) > now_ns {
                 break;
             }
+            self.pop_front();
+        }
+    }
+
+    /// Forgets the oldest entry before its window has passed, to make room (the table is full).
+    pub(crate) fn evict_oldest(&mut self) {
+        if !self.entries.is_empty() {
+            self.pop_front();
+            self.evicted_early += 1;
+        }
+    }
+
+    /// Entries forgotten before their window passed, since this table was created.
+    pub(crate) fn evicted_early(&self) -> u64 {
+        self.evicted_early
+    }
+
+    /// Command time covered by the records held: now minus the oldest record's timestamp.
+    pub(crate) fn span_ns(&self, now_ns: u64) -> u64 {
+        self.entries.front().map_or(0, |e| now_ns.saturating_sub(e.timestamp_ns))
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(front) = self.entries.front() {
             let number = self.first_number;
             let hash = front.key_hash;
             let key_len = front.key_len;

@@ -36,7 +36,7 @@ pub struct EngineImage {
     pub holds: Vec<HoldImage>,
     pub next_hold_number: u64,
     pub pending: Vec<PendingImage>,
-    pub credits_seen: Vec<u64>,
+    pub credits_seen: Vec<u128>,
     pub settles_seen: Vec<u64>,
     /// Idempotency records oldest first; their keys concatenated in `idempotency_keys`.
     pub idempotency: Vec<IdempotencyImage>,

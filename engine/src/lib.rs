@@ -42,7 +42,7 @@ pub use command::{
     SettleLeg, Tier,
 };
 pub use currency::{CurrencyCode, CurrencyId};
-pub use engine::{CurrencyInfo, DAY_NS, Engine, EngineConfig, convert};
+pub use engine::{CurrencyInfo, DAY_NS, Engine, EngineConfig, SYSTEM_BALANCE_MAX, convert};
 pub use event::{Effects, Event, ReleaseReason, ShardMessage, TransferKind, TransferStatus};
 pub use hold::Hold;
 pub use ids::{HoldId, SHARD_COUNT_MAX, ShardId, TransferId, UserId, WalletId};

@@ -30,7 +30,8 @@ pub enum Reject {
     IdempotencyKeyReusedWithOtherParams = 9,
     /// The key is empty or longer than 255 bytes.
     IdempotencyKeyInvalid = 10,
-    /// The idempotency table is full of keys still inside their window; retry later.
+    /// Reserved (never produced since v0.1: a full idempotency table forgets its oldest record
+    /// instead, counted by `Engine::idempotency_evicted_early`). Kept so numbers never shift.
     IdempotencyCapacityExceeded = 11,
     /// The currency is not registered on this shard.
     CurrencyUnknown = 12,
@@ -74,7 +75,8 @@ pub enum Reject {
     ExchangeAmountTooSmall = 31,
     /// A linked group is empty, too long, or nests another group.
     LinkedGroupInvalid = 32,
-    /// Another operation of the same linked group failed, so this one was not applied.
+    /// Reserved: a failed linked group is reported as `Outcome::LinkedRejected` with the
+    /// failing operation's index and its own reason.
     LinkedOpFailed = 33,
     /// The shard holds the most cross-shard transfers in flight it may; retry later.
     TransfersInFlightCapacityExceeded = 34,

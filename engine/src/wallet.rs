@@ -51,9 +51,10 @@ pub enum WalletKind {
     System(SystemRole),
 }
 
-/// One wallet. Invariants: `frozen >= 0`; for a user wallet also `available >= 0`; a system
-/// wallet's `frozen` is 0 and its `available` may be negative; every balance lies within
-/// `-max..=max` of its currency; `version` grows by one with each change.
+/// One wallet. Invariants: `frozen >= 0`; for a user wallet also `available >= 0`, and its
+/// balance stays within its currency's maximum except for a cross-shard refund (which returns
+/// money the wallet held moments before); a system wallet's `frozen` is 0 and its `available`
+/// may be negative, within `±SYSTEM_BALANCE_MAX`; `version` grows by one with each change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wallet {
     pub available: i128,

@@ -279,7 +279,11 @@ impl Node {
             }
         }
         for (id, w) in e.wallets() {
-            let max = e.currency(w.currency).unwrap().max as i128;
+            let max = if w.is_user() {
+                e.currency(w.currency).unwrap().max as i128
+            } else {
+                paycore_engine::SYSTEM_BALANCE_MAX
+            };
             assert!(w.frozen >= 0, "{id}: frozen negative");
             if w.is_user() {
                 assert!(w.available >= 0, "{id}: user available negative");
@@ -1248,11 +1252,10 @@ fn largest_amounts_and_overflow() {
         }
         assert!(b.deposit(w1, max, c).is_ok());
         assert_eq!(b.wallet(w1).available, max as i128);
-        // The settlement wallet is at -max: not one more unit can enter, anywhere.
-        assert_eq!(
-            b.deposit(w2, 1, c),
-            Outcome::Rejected(Reject::BalanceOverflow)
-        );
+        // The settlement wallet is at -max, which a system wallet may pass: its bound is
+        // SYSTEM_BALANCE_MAX, not the user bound.
+        assert!(b.deposit(w2, 1, c).is_ok());
+        assert_eq!(b.wallet(w2).available, 1);
         // Money can still come in through the FX house: 1.00 USD at 1 -> one unit.
         assert!(b.deposit(usd, 100, "USD").is_ok());
         let exchange = Op::Exchange {
@@ -1645,24 +1648,25 @@ fn idempotency_window_and_capacity() {
     };
     let first = b.apply(T0, &client("d", deposit(10)));
     assert!(first.is_ok());
-    // Full: a new key is refused, and the refusal is not recorded.
-    assert_eq!(
-        b.apply(T0 + 1, &client("e", deposit(10))),
-        Outcome::Rejected(Reject::IdempotencyCapacityExceeded)
-    );
-    assert_eq!(b.engine.outcome_of(&key("e")), None);
+    assert_eq!(b.engine.idempotency_entries(), 5);
+    // Full: a new key is recorded and the oldest record makes room (counted as early).
+    assert!(b.apply(T0 + 1, &client("e", deposit(10))).is_ok());
+    assert_eq!(b.engine.idempotency_entries(), 5);
+    assert_eq!(b.engine.idempotency_evicted_early(), 1);
+    assert!(b.engine.outcome_of(&key("e")).is_some());
     // A known key still answers.
     assert_eq!(b.apply(T0 + 2, &client("d", deposit(10))), first);
     assert_eq!(
         b.apply(T0 + 3, &client("d", deposit(11))),
         Outcome::Rejected(Reject::IdempotencyKeyReusedWithOtherParams)
     );
-    assert_eq!(b.wallet(a).available, 10);
+    assert_eq!(b.wallet(a).available, 20);
     // One window later everything is forgotten: the same key applies again.
     let again = b.apply(T0 + HOUR_NS, &client("d", deposit(10)));
     assert!(again.is_ok() && again != first);
-    assert_eq!(b.wallet(a).available, 20);
-    assert_eq!(b.engine.idempotency_entries(), 1);
+    assert_eq!(b.wallet(a).available, 30);
+    // "e" (recorded at T0 + 1) is still inside its window; the rest is gone.
+    assert_eq!(b.engine.idempotency_entries(), 2);
 }
 
 /// Sends a linked group with two transfers from shard 0 to wallets on shard 1 and delivers

@@ -6,7 +6,7 @@
 //! - idempotency compares the operations themselves (`Op: PartialEq`), not a fingerprint;
 //! - cross-shard legs are deduplicated by transfer id, not by per-shard sequence numbers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use paycore_engine::{
     Applied, Command, CreditLeg, CurrencyCode, CurrencyId, HoldId, IdempotencyKey, Op, Outcome,
@@ -102,6 +102,8 @@ pub struct Model {
     pub settled: BTreeSet<u128>,
     /// key -> (timestamp, first op, first outcome).
     pub keys: BTreeMap<Vec<u8>, (u64, Op, Outcome)>,
+    /// Keys in the order they were recorded (oldest first), for eviction.
+    pub key_order: VecDeque<Vec<u8>>,
     pub seq: u64,
     pub now: u64,
     moves: u16,
@@ -134,6 +136,7 @@ impl Model {
             credited: BTreeSet::new(),
             settled: BTreeSet::new(),
             keys: BTreeMap::new(),
+            key_order: VecDeque::new(),
             seq: 0,
             now: 0,
             moves: 0,
@@ -168,6 +171,14 @@ impl Model {
         self.now = self.now.max(ts);
         self.moves = 0;
         self.messages.clear();
+        // Keys past their window are forgotten before any command runs.
+        while let Some(oldest) = self.key_order.front() {
+            if self.keys[oldest].0.saturating_add(self.cfg.window) > self.now {
+                break;
+            }
+            let oldest = self.key_order.pop_front().expect("front exists");
+            self.keys.remove(&oldest);
+        }
         self.expire();
         match command {
             Command::Tick => Outcome::Ok(Applied::Done),
@@ -190,11 +201,7 @@ impl Model {
     }
 
     fn client(&mut self, key: &IdempotencyKey, op: &Op) -> Outcome {
-        // Keys are forgotten when a client command runs past their window (so, as in the engine,
-        // a key may outlive its window while only ticks and legs arrive).
-        let (now, window) = (self.now, self.cfg.window);
-        self.keys
-            .retain(|_, (at, _, _)| at.saturating_add(window) > now);
+        let now = self.now;
         if let Some((_, first, outcome)) = self.keys.get(key.as_bytes()) {
             return if first == op {
                 *outcome
@@ -203,7 +210,9 @@ impl Model {
             };
         }
         if self.keys.len() >= self.cfg.keys_max {
-            return Outcome::Rejected(Reject::IdempotencyCapacityExceeded);
+            // Full: the oldest record makes room.
+            let oldest = self.key_order.pop_front().expect("a full table has an oldest key");
+            self.keys.remove(&oldest);
         }
         let outcome = match op {
             Op::Linked(ops) => self.linked(ops),
@@ -215,6 +224,7 @@ impl Model {
         if !transient(&outcome) {
             self.keys
                 .insert(key.as_bytes().to_vec(), (now, op.clone(), outcome));
+            self.key_order.push_back(key.as_bytes().to_vec());
         }
         outcome
     }
@@ -305,10 +315,16 @@ impl Model {
         Ok(())
     }
 
-    /// Mirrors the engine: a wallet of another existing shard is "not found" here (the docs of
-    /// `Reject::WrongShard` say otherwise; see `misrouted_wallet_and_hold_commands_are_wrong_shard`).
+    /// A wallet of another existing shard was routed wrongly; of no shard, it does not exist.
     fn local(&self, id: WalletId) -> Result<u64, Reject> {
-        if id.shard() != self.cfg.shard || !self.wallets.contains_key(&id.slot()) {
+        if id.shard() != self.cfg.shard {
+            return Err(if id.shard() < self.cfg.shards {
+                Reject::WrongShard
+            } else {
+                Reject::WalletNotFound
+            });
+        }
+        if !self.wallets.contains_key(&id.slot()) {
             return Err(Reject::WalletNotFound);
         }
         Ok(id.slot())
@@ -330,8 +346,12 @@ impl Model {
         self.wallets.get_mut(&slot).expect("wallet")
     }
 
+    /// A user wallet's bound is its currency's; a system wallet's is `SYSTEM_BALANCE_MAX`.
     fn max_of_slot(&self, slot: u64) -> u128 {
-        self.currencies[self.w(slot).currency].max
+        match self.w(slot).role {
+            None => self.currencies[self.w(slot).currency].max,
+            Some(_) => paycore_engine::SYSTEM_BALANCE_MAX as u128,
+        }
     }
 
     fn check_amount(&self, slot: u64, code: CurrencyCode, amount: u128) -> Result<usize, Reject> {
@@ -537,10 +557,14 @@ impl Model {
         }
     }
 
-    /// A hold of another shard is "not found" here, as in the engine (see `local`).
+    /// A hold of another existing shard was routed wrongly (see `local`).
     fn open_hold(&self, hold: HoldId) -> Result<u64, Reject> {
         if hold.shard() != self.cfg.shard {
-            return Err(Reject::HoldNotFound);
+            return Err(if hold.shard() < self.cfg.shards {
+                Reject::WrongShard
+            } else {
+                Reject::HoldNotFound
+            });
         }
         let number = hold.number();
         if self.holds.contains_key(&number) {
@@ -772,7 +796,7 @@ impl Model {
             (false, Some(to)) => self.destination(to, currency)?,
             _ => return Err(Reject::CaptureDestinationInvalid),
         };
-        self.can_send(held.slot)?;
+        // A frozen wallet's holds can still be captured.
         self.dest_not_closed(dest)?;
         self.dest_fits(dest, currency, captured)?;
         self.close_hold_back(number);
