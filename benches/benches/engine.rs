@@ -79,18 +79,24 @@ fn engine(c: &mut Criterion) {
 
     eprintln!(
         "after benchmarks: {} commands applied, {} rejected {:?}; {} idempotency entries \
-         (capacity {}), {} open holds",
+         (capacity {}, {} evicted early), {} open holds",
         fixture.applied,
         fixture.rejected(),
         fixture.rejections,
         fixture.engine.idempotency_entries(),
         fixture.engine.config().idempotency_entries_max,
+        fixture.engine.idempotency_evicted_early(),
         fixture.engine.open_hold_count(),
     );
     assert_eq!(
         fixture.rejected(),
         0,
         "benchmarks must measure applied commands"
+    );
+    assert_eq!(
+        fixture.engine.idempotency_evicted_early(),
+        0,
+        "the idempotency table must not reach its capacity"
     );
 }
 

@@ -133,11 +133,13 @@ fn main() {
         println!("{line}");
     }
     println!(
-        "done: {} commands applied, {} rejected {:?}; {} idempotency entries; peak RSS {} MiB",
+        "done: {} commands applied, {} rejected {:?}; {} idempotency entries ({} evicted early); \
+         peak RSS {} MiB",
         fixture.applied,
         fixture.rejected(),
         fixture.rejections,
         fixture.engine.idempotency_entries(),
+        fixture.engine.idempotency_evicted_early(),
         peak_rss_bytes() >> 20
     );
 }
