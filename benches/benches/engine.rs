@@ -4,7 +4,7 @@
 //!
 //! One [`Fixture`] (engine, 1 M wallets, sequencer state) is built once and shared by every
 //! benchmark; each `iter_custom` call generates its commands (fresh idempotency keys, random
-//! wallets) untimed in chunks of 64 Ki and times only their application. The command clock
+//! wallets) untimed in chunks of 4 Ki and times only their application. The command clock
 //! advances `24 h / LIVE_KEYS` per command, so the idempotency table sits at its steady state of
 //! ~8 M live keys (one insert and one eviction per command) and never reaches its capacity.
 //!

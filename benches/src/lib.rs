@@ -35,8 +35,9 @@ pub const OPENING_BALANCE: u128 = 1_000_000_000;
 pub const AMOUNT_MAX: u128 = 10_000;
 /// Commands between two `Effects::clear` calls, as a sequencer clearing per batch would.
 pub const EFFECTS_BATCH: usize = 1_000;
-/// Commands generated, then timed, at a time.
-pub const CHUNK: usize = 1 << 16;
+/// Commands generated, then timed, at a time: 4 Ki commands (~0.5 MB) stay in L2 between their
+/// generation and their application, as a sequencer's freshly decoded batch would.
+pub const CHUNK: usize = 1 << 12;
 
 pub fn currency() -> CurrencyCode {
     CurrencyCode::parse(CURRENCY).expect("CURRENCY is a valid code")
