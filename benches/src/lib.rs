@@ -39,6 +39,15 @@ pub const EFFECTS_BATCH: usize = 1_000;
 /// generation and their application, as a sequencer's freshly decoded batch would.
 pub const CHUNK: usize = 1 << 12;
 
+/// How many commands ahead [`Fixture::run`] prefetches wallets (`PAYCORE_PREFETCH`, default 4;
+/// 0 turns prefetching off, for the side-by-side figure).
+pub fn prefetch_distance() -> usize {
+    std::env::var("PAYCORE_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
 pub fn currency() -> CurrencyCode {
     CurrencyCode::parse(CURRENCY).expect("CURRENCY is a valid code")
 }
@@ -250,8 +259,15 @@ impl Fixture {
     #[inline(never)]
     pub fn run(&mut self, commands: &[Command]) -> Duration {
         let mut rejected = [0u64; 64];
+        let distance = prefetch_distance();
         let start = Instant::now();
-        for command in commands {
+        for (i, command) in commands.iter().enumerate() {
+            // As the sequencer does: hint the wallets of a command a few places ahead.
+            if distance > 0
+                && let Some(ahead) = commands.get(i + distance)
+            {
+                self.engine.prefetch(ahead);
+            }
             self.sequence += 1;
             self.timestamp_ns += self.step_ns;
             let outcome =

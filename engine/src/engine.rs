@@ -222,7 +222,8 @@ impl Engine {
         let mut digest = Digest::fingerprint();
         op.digest(&mut digest);
         let params = digest.finish_64();
-        if let Some(entry) = self.idempotency.find(key) {
+        let key_hash = self.idempotency.hash(key.as_bytes());
+        if let Some(entry) = self.idempotency.find_hashed(key, key_hash) {
             return if entry.params == params {
                 entry.outcome
             } else {
@@ -241,7 +242,8 @@ impl Engine {
             },
         };
         if !outcome.rejection().is_some_and(Reject::is_transient) {
-            self.idempotency.insert(key, params, now, outcome);
+            self.idempotency
+                .insert_hashed(key, key_hash, params, now, outcome);
         }
         outcome
     }
@@ -1126,14 +1128,15 @@ impl Engine {
     }
 
     fn add_velocity(&mut self, slot: u32, amount: u128) {
-        let wallet = self.wallets[slot as usize];
-        if self.currencies[usize::from(wallet.currency.0)]
-            .limit_24h(wallet.tier)
+        let wallet = &self.wallets[slot as usize];
+        let (currency, tier, velocity) = (wallet.currency, wallet.tier, wallet.velocity);
+        if self.currencies[usize::from(currency.0)]
+            .limit_24h(tier)
             .is_none()
         {
             return;
         }
-        let index = if wallet.velocity == NO_VELOCITY {
+        let index = if velocity == NO_VELOCITY {
             let index = self.velocity.len() as u32;
             self.velocity.push(VelocityWindow::default());
             self.record(Undo::VelocityPushed);
@@ -1141,7 +1144,7 @@ impl Engine {
             self.wallets[slot as usize].velocity = index;
             index
         } else {
-            wallet.velocity
+            velocity
         };
         let now = self.last_timestamp_ns;
         self.velocity[index as usize].add(now, amount);

@@ -89,7 +89,7 @@ impl IdempotencyTable {
         }
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed)
     }
 
@@ -126,7 +126,9 @@ impl IdempotencyTable {
 
     /// Command time covered by the records held: now minus the oldest record's timestamp.
     pub(crate) fn span_ns(&self, now_ns: u64) -> u64 {
-        self.entries.front().map_or(0, |e| now_ns.saturating_sub(e.timestamp_ns))
+        self.entries
+            .front()
+            .map_or(0, |e| now_ns.saturating_sub(e.timestamp_ns))
     }
 
     fn pop_front(&mut self) {
@@ -146,8 +148,12 @@ impl IdempotencyTable {
     }
 
     pub(crate) fn find(&self, key: &IdempotencyKey) -> Option<&Entry> {
+        self.find_hashed(key, self.hash(key.as_bytes()))
+    }
+
+    /// `find` with the key's hash already computed (the hot path hashes each key once).
+    pub(crate) fn find_hashed(&self, key: &IdempotencyKey, hash: u64) -> Option<&Entry> {
         let bytes = key.as_bytes();
-        let hash = self.hash(bytes);
         let number = self.index.find(hash, |&n| {
             let entry = &self.entries[(n - self.first_number) as usize];
             entry.key_hash == hash && self.keys.get(entry.key_offset, entry.key_len) == bytes
@@ -162,6 +168,20 @@ impl IdempotencyTable {
         timestamp_ns: u64,
         outcome: Outcome,
     ) {
+        let key_hash = self.hash(key.as_bytes());
+        self.insert_hashed(key, key_hash, params, timestamp_ns, outcome);
+    }
+
+    /// `insert` with the key's hash already computed.
+    pub(crate) fn insert_hashed(
+        &mut self,
+        key: &IdempotencyKey,
+        key_hash: u64,
+        params: u64,
+        timestamp_ns: u64,
+        outcome: Outcome,
+    ) {
+        debug_assert_eq!(key_hash, self.hash(key.as_bytes()));
         assert!(!self.is_full(), "idempotency insert past capacity");
         debug_assert!(self.find(key).is_none(), "idempotency key inserted twice");
         if let Some(back) = self.entries.back() {
@@ -171,7 +191,6 @@ impl IdempotencyTable {
             );
         }
         let bytes = key.as_bytes();
-        let key_hash = self.hash(bytes);
         let key_len = u8::try_from(bytes.len()).unwrap_or(u8::MAX);
         assert_eq!(
             usize::from(key_len),

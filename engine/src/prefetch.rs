@@ -1,0 +1,60 @@
+//! Cache prefetch hints: the sequencer applies commands in batches and knows the next ones, so
+//! it can ask for their wallets' cache lines while the current command runs. Over a million
+//! wallets nearly every wallet access misses the cache (~100 ns each); issuing the misses of
+//! command i + k during command i overlaps them instead of paying them in turn.
+//!
+//! A hint changes nothing observable: no state, no outcome, no determinism concern.
+
+use crate::command::{Command, Op};
+use crate::engine::Engine;
+use crate::ids::WalletId;
+
+/// Hints the CPU to load the cache line holding `address`.
+#[inline(always)]
+fn hint(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `_mm_prefetch` is only a hint: it never faults, reads nothing into the program and
+    // writes nothing, whatever the address. SSE is part of the x86_64 baseline, so the
+    // instruction exists on every x86_64 CPU this code can run on.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+impl Engine {
+    fn prefetch_wallet(&self, wallet: WalletId) {
+        if wallet.shard() == self.config.shard
+            && let Some(w) = self.wallets.get(wallet.slot() as usize)
+        {
+            let start = (w as *const crate::wallet::Wallet).cast::<u8>();
+            hint(start);
+            // A 96-byte wallet may straddle two cache lines.
+            hint(start.wrapping_add(64));
+        }
+    }
+
+    /// Hints the cache lines `command` will touch. Call it for a command a few places ahead of
+    /// the one being applied; it has no effect on state.
+    pub fn prefetch(&self, command: &Command) {
+        let Command::Client { op, .. } = command else {
+            return;
+        };
+        match op {
+            Op::Transfer { from, to, .. } | Op::Exchange { from, to, .. } => {
+                self.prefetch_wallet(*from);
+                self.prefetch_wallet(*to);
+            }
+            Op::Deposit { wallet, .. }
+            | Op::Hold { wallet, .. }
+            | Op::Withdraw { wallet, .. }
+            | Op::CloseWallet { wallet }
+            | Op::FreezeWallet { wallet }
+            | Op::UnfreezeWallet { wallet } => self.prefetch_wallet(*wallet),
+            Op::Capture { to: Some(to), .. } => self.prefetch_wallet(*to),
+            _ => {}
+        }
+    }
+}
