@@ -29,5 +29,5 @@ pub use error::JournalError;
 pub use format::RecordRef;
 pub use reader::JournalReader;
 pub use recovery::{Recovered, RecoveryOptions, Truncation, recover};
-pub use storage::{MmapFile, MmapStorage, SegmentFile, Storage, sync_dir};
+pub use storage::{MmapFile, MmapStorage, SegmentFile, Storage, SyncMethod, sync_dir};
 pub use writer::{Durability, JournalConfig, JournalWriter, SegmentInfo};

@@ -31,6 +31,8 @@ use rkyv::util::AlignedVec;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"PAYCSNP1";
 pub const SNAPSHOT_VERSION: u32 = 1;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
+/// Bytes written between two syncs while writing a snapshot.
+pub const SNAPSHOT_SYNC_CHUNK_BYTES: usize = 32 << 20;
 /// Largest snapshot payload read back (a bound on what a damaged length can make us allocate).
 pub const SNAPSHOT_PAYLOAD_BYTES_MAX: u64 = 64 << 30;
 
@@ -177,7 +179,12 @@ fn write_snapshot_bytes(
     let temporary = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&temporary).map_err(io(&temporary))?;
     file.write_all(&header.encode()).map_err(io(&temporary))?;
-    file.write_all(payload).map_err(io(&temporary))?;
+    // Write in chunks and sync as we go: one fsync of a gigabyte at the end would saturate the
+    // disk for seconds and stall the journal's group commits behind it.
+    for chunk in payload.chunks(SNAPSHOT_SYNC_CHUNK_BYTES) {
+        file.write_all(chunk).map_err(io(&temporary))?;
+        file.sync_data().map_err(io(&temporary))?;
+    }
     file.sync_all().map_err(io(&temporary))?;
     drop(file);
     fs::rename(&temporary, &path).map_err(io(&path))?;

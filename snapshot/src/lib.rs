@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod file;
+mod replay;
 mod replica;
 mod shard;
 

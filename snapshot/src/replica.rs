@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use paycore_engine::codec::decode_command;
-use paycore_engine::{Effects, Engine};
+use paycore_engine::Engine;
 use paycore_journal::{JournalReader, MmapStorage};
 
 use crate::file::{prune_snapshots, write_snapshot};
+use crate::replay::{ReplayBatch, replay_some};
 use crate::shard::ShardError;
 
 /// Records applied per reader call.
@@ -26,7 +26,7 @@ const FOLLOW_BATCH_RECORDS: usize = 16 * 1024;
 pub struct Replica {
     engine: Engine,
     reader: JournalReader<MmapStorage>,
-    effects: Effects,
+    batch: ReplayBatch,
     snapshots: PathBuf,
 }
 
@@ -51,7 +51,7 @@ impl Replica {
         Replica {
             engine,
             reader,
-            effects: Effects::default(),
+            batch: ReplayBatch::default(),
             snapshots,
         }
     }
@@ -64,24 +64,12 @@ impl Replica {
     pub fn catch_up(&mut self) -> Result<u64, ShardError> {
         let mut applied = 0u64;
         loop {
-            let mut failure = None;
-            let engine = &mut self.engine;
-            let effects = &mut self.effects;
-            let read = self.reader.read(FOLLOW_BATCH_RECORDS, |record| {
-                if failure.is_some() {
-                    return;
-                }
-                match decode_command(record.payload) {
-                    Ok(command) => {
-                        engine.apply(record.sequence, record.timestamp_ns, &command, effects);
-                    }
-                    Err(error) => failure = Some((record.sequence, error.to_string())),
-                }
-            })?;
-            self.effects.clear();
-            if let Some((sequence, reason)) = failure {
-                return Err(ShardError::Replay { sequence, reason });
-            }
+            let read = replay_some(
+                &mut self.reader,
+                &mut self.engine,
+                &mut self.batch,
+                FOLLOW_BATCH_RECORDS,
+            )?;
             applied += read as u64;
             if read < FOLLOW_BATCH_RECORDS {
                 return Ok(applied);

@@ -11,14 +11,14 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use paycore_engine::codec::decode_command;
-use paycore_engine::{Effects, Engine, EngineConfig};
+use paycore_engine::{Engine, EngineConfig};
 use paycore_journal::{
     JournalConfig, JournalError, JournalReader, JournalWriter, MmapStorage, Recovered,
     RecoveryOptions, recover,
 };
 
 use crate::file::{SnapshotError, list_snapshots, read_snapshot};
+use crate::replay::{ReplayBatch, replay_some};
 
 /// Records applied per reader call during replay.
 const REPLAY_BATCH_RECORDS: usize = 64 * 1024;
@@ -185,25 +185,10 @@ pub fn open_shard(
     }
 
     let mut reader = JournalReader::new(storage.clone(), needed, None);
-    let mut effects = Effects::default();
+    let mut batch = ReplayBatch::default();
     let mut replayed = 0u64;
-    let mut failure = None;
     loop {
-        let read = reader.read(REPLAY_BATCH_RECORDS, |record| {
-            if failure.is_some() {
-                return;
-            }
-            match decode_command(record.payload) {
-                Ok(command) => {
-                    engine.apply(record.sequence, record.timestamp_ns, &command, &mut effects);
-                }
-                Err(error) => failure = Some((record.sequence, error.to_string())),
-            }
-        })?;
-        effects.clear();
-        if let Some((sequence, reason)) = failure {
-            return Err(ShardError::Replay { sequence, reason });
-        }
+        let read = replay_some(&mut reader, &mut engine, &mut batch, REPLAY_BATCH_RECORDS)?;
         replayed += read as u64;
         if read == 0 {
             break;
