@@ -211,7 +211,10 @@ impl Model {
         }
         if self.keys.len() >= self.cfg.keys_max {
             // Full: the oldest record makes room.
-            let oldest = self.key_order.pop_front().expect("a full table has an oldest key");
+            let oldest = self
+                .key_order
+                .pop_front()
+                .expect("a full table has an oldest key");
             self.keys.remove(&oldest);
         }
         let outcome = match op {
