@@ -8,5 +8,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "cargo-nextest missing: installing it (one time)" >&2
     cargo install --locked cargo-nextest
 fi
-cargo nextest run --workspace --no-fail-fast "$@"
+# Doc tests first (nextest does not run them), so the run ends with nextest's summary line.
 cargo test --workspace --doc --quiet
+cargo nextest run --workspace --no-fail-fast "$@"
