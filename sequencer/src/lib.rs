@@ -1,8 +1,296 @@
-//! Sequencer: one single-writer thread per shard (LMAX business-logic processor).
+//! # paycore-sequencer: one single-writer thread per shard
 //!
-//! **Not built yet** (issue 4). It will own each shard's `paycore_engine::Engine`, drain a
-//! bounded ring of commands in batches, assign sequence numbers and the timestamp (the only clock
-//! read in the core), journal the batch with group commit, apply it, and only then release replies
-//! and events. Cross-shard credit legs travel through the destination shard's ring and journal.
+//! The LMAX business-logic processor of paycore. [`Sequencer::start`] recovers every shard of a
+//! data folder (snapshot + journal, `paycore_snapshot::open_shard`), then gives each its own
+//! writer thread that owns the shard's engine and journal. Clients hand commands over through
+//! a bounded ring per shard; the writer drains a batch, assigns sequence numbers and the
+//! timestamp, journals the batch with one group commit, applies it, and only then releases the
+//! replies and the cross-shard legs (see `writer.rs`).
+//!
+//! - Backpressure: a full ring answers [`CommandResult::Busy`] at once (retry with the same
+//!   idempotency key); memory stays bounded by `ring_requests_max` requests per shard and the
+//!   engine's limit on transfers in flight.
+//! - Cross-shard transfers: the debit leg's `CreditLeg` travels to the destination shard's
+//!   internal channel and is journaled there; its `SettleLeg` comes back the same way.
+//! - Snapshots: each shard has a replica snapshotter; journal segments it covers are archived.
+//!
+//! Not yet (issue 4 continues): redelivery of legs still in flight across a restart (the legs
+//! are in the journals; the engines need a settle-decision table to answer redelivered legs), a
+//! network front (QUIC), event subscriptions.
 
 #![forbid(unsafe_code)]
+
+mod reply;
+mod routing;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use paycore_engine::{Command, Engine, EngineConfig};
+use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
+use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
+
+pub use reply::CommandResult;
+pub use routing::{Route, route};
+pub use writer::ShardStats;
+
+use reply::{BatchReply, DISCARD};
+use writer::{Request, ShardWriter, WriterConfig};
+
+/// Everything a node's shards need to start.
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    pub data_dir: PathBuf,
+    pub shard_count: u16,
+    /// Client requests (batch parts) waiting per shard before `Busy`.
+    pub ring_requests_max: usize,
+    /// Most commands in one group commit.
+    pub batch_commands_max: usize,
+    /// When idle with open holds, a `Tick` is journaled this often so holds expire on time.
+    pub tick_interval_ms: u64,
+    /// Template: `shard` is set per shard.
+    pub journal: JournalConfig,
+    /// Template: `shard` and `shard_count` are set per shard.
+    pub engine: EngineConfig,
+    /// `None`: no snapshots (tests, benchmarks).
+    pub snapshots: Option<SnapshotPolicy>,
+    pub recovery: RecoveryOptions,
+}
+
+impl SequencerConfig {
+    pub fn new(data_dir: PathBuf, shard_count: u16) -> SequencerConfig {
+        SequencerConfig {
+            data_dir,
+            shard_count,
+            ring_requests_max: 1024,
+            batch_commands_max: 8192,
+            tick_interval_ms: 100,
+            journal: JournalConfig::default(),
+            engine: EngineConfig::default(),
+            snapshots: Some(SnapshotPolicy::default()),
+            recovery: RecoveryOptions::default(),
+        }
+    }
+}
+
+/// Handle to the running shards.
+#[derive(Debug)]
+pub struct Sequencer {
+    rings: Vec<Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<ShardStats>>,
+    shard_count: u16,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Submit { commands, .. } => write!(f, "Submit({} commands)", commands.len()),
+            Request::Query(_) => f.write_str("Query"),
+        }
+    }
+}
+
+impl Sequencer {
+    /// Recovers every shard and starts its writer thread.
+    pub fn start(config: SequencerConfig) -> Result<Sequencer, ShardError> {
+        assert!(
+            config.shard_count > 0 && config.ring_requests_max > 0 && config.batch_commands_max > 0
+        );
+        let count = usize::from(config.shard_count);
+        let (internal_senders, internal_receivers): (Vec<_>, Vec<_>) = (0..count)
+            .map(|_| crossbeam_channel::unbounded::<Command>())
+            .unzip();
+        let mut opened = Vec::with_capacity(count);
+        for shard in 0..config.shard_count {
+            let engine = EngineConfig {
+                shard,
+                shard_count: config.shard_count,
+                ..config.engine.clone()
+            };
+            let journal = JournalConfig {
+                shard,
+                ..config.journal.clone()
+            };
+            opened.push(open_shard(
+                &config.data_dir,
+                engine,
+                journal,
+                config.recovery,
+            )?);
+        }
+        let mut rings = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        let mut stats = Vec::with_capacity(count);
+        for (durable, internal) in opened.into_iter().zip(internal_receivers) {
+            let shard = durable.engine.config().shard;
+            let snapshotter = match config.snapshots {
+                Some(policy) => {
+                    let storage =
+                        MmapStorage::open_dir(&durable.paths.journal).map_err(|source| {
+                            ShardError::Io {
+                                path: durable.paths.journal.clone(),
+                                source,
+                            }
+                        })?;
+                    let replica = Replica::new(
+                        durable.engine.clone(),
+                        storage,
+                        durable.journal.watermark(),
+                        durable.paths.snapshots.clone(),
+                    );
+                    Some(Snapshotter::spawn(replica, policy))
+                }
+                None => None,
+            };
+            let (ring, ring_receiver) = crossbeam_channel::bounded(config.ring_requests_max);
+            let shard_stats = Arc::new(ShardStats::default());
+            shard_stats.last_sequence.store(
+                durable.engine.last_sequence(),
+                std::sync::atomic::Ordering::Release,
+            );
+            let writer = ShardWriter {
+                shard: durable,
+                ring: ring_receiver,
+                internal,
+                peers: internal_senders.clone(),
+                config: WriterConfig {
+                    batch_commands_max: config.batch_commands_max,
+                    tick_interval: Duration::from_millis(config.tick_interval_ms.max(1)),
+                },
+                stats: shard_stats.clone(),
+                snapshotter,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{shard}"))
+                .spawn(move || writer.run())
+                .map_err(|source| ShardError::Io {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+            rings.push(ring);
+            threads.push(thread);
+            stats.push(shard_stats);
+        }
+        Ok(Sequencer {
+            rings,
+            threads,
+            stats,
+            shard_count: config.shard_count,
+        })
+    }
+
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    pub fn stats(&self, shard: u16) -> &ShardStats {
+        &self.stats[usize::from(shard)]
+    }
+
+    /// Requests waiting in a shard's ring.
+    pub fn ring_depth(&self, shard: u16) -> usize {
+        self.rings[usize::from(shard)].len()
+    }
+
+    /// Hands a batch to the shards; never blocks. The receiver yields one result per command,
+    /// in order, once every shard part is applied (or refused as busy).
+    pub fn submit(&self, commands: Vec<Command>) -> Receiver<Vec<CommandResult>> {
+        let count = usize::from(self.shard_count);
+        let mut parts: Vec<Vec<(u32, Command)>> = vec![Vec::new(); count];
+        let mut refused = Vec::new();
+        for (index, command) in commands.into_iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(DISCARD - 1);
+            let Command::Client { op, .. } = &command else {
+                refused.push(index);
+                continue;
+            };
+            match route(op, self.shard_count) {
+                Route::One(shard) => parts[usize::from(shard)].push((index, command)),
+                Route::All => {
+                    for (shard, part) in parts.iter_mut().enumerate() {
+                        part.push((if shard == 0 { index } else { DISCARD }, command.clone()));
+                    }
+                }
+            }
+        }
+        let total: usize = parts.iter().map(Vec::len).sum::<usize>() + refused.len();
+        let used = parts.iter().filter(|p| !p.is_empty()).count();
+        let (reply, receiver) = BatchReply::new(total.max(1), used + 1);
+        for index in refused {
+            reply.set(index, CommandResult::ShardUnavailable);
+        }
+        for (shard, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let indexes: Vec<u32> = part.iter().map(|(index, _)| *index).collect();
+            let request = Request::Submit {
+                commands: part,
+                reply: reply.clone(),
+            };
+            match self.rings[shard].try_send(request) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    let result = if self.stats[shard]
+                        .poisoned
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        CommandResult::ShardUnavailable
+                    } else {
+                        CommandResult::Busy
+                    };
+                    for index in indexes {
+                        reply.set(index, result);
+                    }
+                    reply.part_done();
+                }
+            }
+        }
+        // The submitter's own part: done once everything is handed over.
+        reply.part_done();
+        receiver
+    }
+
+    /// `submit`, waiting up to `timeout` for the results.
+    pub fn submit_wait(
+        &self,
+        commands: Vec<Command>,
+        timeout: Duration,
+    ) -> Option<Vec<CommandResult>> {
+        let expected = commands.len();
+        let results = self.submit(commands).recv_timeout(timeout).ok()?;
+        Some(results.into_iter().take(expected).collect())
+    }
+
+    /// Runs `query` on `shard`'s writer thread between two batches and returns its answer
+    /// (`None` if the shard is gone or does not answer within `timeout`).
+    pub fn query<R: Send + 'static>(
+        &self,
+        shard: u16,
+        timeout: Duration,
+        query: impl FnOnce(&Engine) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let request = Request::Query(Box::new(move |engine| {
+            let _ = sender.send(query(engine));
+        }));
+        self.rings
+            .get(usize::from(shard))?
+            .send_timeout(request, timeout)
+            .ok()?;
+        receiver.recv_timeout(timeout).ok()
+    }
+
+    /// Stops accepting work, lets every writer finish its current batch, and joins them.
+    pub fn shutdown(mut self) {
+        self.rings.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
