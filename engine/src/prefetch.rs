@@ -11,7 +11,7 @@ use crate::ids::WalletId;
 
 /// Hints the CPU to load the cache line holding `address`.
 #[inline(always)]
-fn hint(address: *const u8) {
+pub(crate) fn hint(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: `_mm_prefetch` is only a hint: it never faults, reads nothing into the program and
@@ -39,9 +39,11 @@ impl Engine {
     /// Hints the cache lines `command` will touch. Call it for a command a few places ahead of
     /// the one being applied; it has no effect on state.
     pub fn prefetch(&self, command: &Command) {
-        let Command::Client { op, .. } = command else {
+        let Command::Client { key, op } = command else {
             return;
         };
+        // The idempotency probe of the key: the slot line its lookup and insert will touch.
+        self.idempotency.prefetch_key(key);
         match op {
             Op::Transfer { from, to, .. } | Op::Exchange { from, to, .. } => {
                 self.prefetch_wallet(*from);
