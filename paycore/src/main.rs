@@ -7,7 +7,7 @@
 
 mod snapshot_command;
 
-use paycore::torture;
+use paycore::{node, torture};
 
 use clap::{Parser, Subcommand};
 use paycore_engine::amount::{format_amount, parse_amount};
@@ -26,10 +26,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Start paycore with embedded defaults. Today: runs one in-process engine shard through a
-    /// short session (open wallets, deposit, transfer, hold and capture, exchange) and prints
-    /// every outcome, the balances and the state hash. The network node comes with issue 4.
+    /// Start paycore with embedded defaults: a node with data in ./paycore-data, one shard per
+    /// core, a self-signed TLS certificate, QUIC on 127.0.0.1:7400; prints where everything is.
+    /// Stop it with Ctrl-C (in-flight group commits finish first).
     Up,
+    /// Run a core node (shards, journal, snapshots, QUIC listener). Every flag also reads an
+    /// environment variable (PAYCORE_…).
+    Node(node::NodeArgs),
+    /// Run one in-process engine shard through a short printed session of real commands (open,
+    /// deposit, transfer, a rejected overdraft, hold and capture, exchange): no disk, no network.
+    Demo,
     /// Take a snapshot of every shard in a data folder now (offline: the node must be stopped;
     /// the folder lock refuses otherwise). Recovers each shard (snapshot + journal), writes a new
     /// snapshot at its last sequence, prunes old ones and archives journal segments it covers.
@@ -46,10 +52,28 @@ fn main() -> std::process::ExitCode {
         .with_max_level(tracing::Level::INFO)
         .init();
     match cli.command {
-        Action::Up => up(),
+        Action::Up => report(up()),
+        Action::Node(args) => report(node::run_node(args)),
+        Action::Demo => demo(),
         Action::Snapshot(args) => report(snapshot_command::run(args)),
         Action::Torture(args) => report(torture::run(args)),
     }
+}
+
+/// `paycore up`: a node with every default.
+fn up() -> Result<(), String> {
+    use clap::Parser as _;
+    #[derive(Debug, clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        node: node::NodeArgs,
+    }
+    let defaults = Defaults::try_parse_from(["paycore"]).map_err(|e| e.to_string())?;
+    println!("paycore up: embedded defaults (see `paycore node --help` to change them)");
+    println!(
+        "  next: cargo run --release -p paycore-loadgen -- --server 127.0.0.1:7400 --trust ./paycore-data/tls/cert.der"
+    );
+    node::run_node(defaults.node)
 }
 
 fn report(result: Result<(), String>) -> std::process::ExitCode {
@@ -112,9 +136,9 @@ fn opened(outcome: Outcome) -> Option<WalletId> {
     }
 }
 
-fn up() -> std::process::ExitCode {
+fn demo() -> std::process::ExitCode {
     println!(
-        "paycore {} — engine only (node, journal, QUIC and gateway: not built yet)",
+        "paycore {} demo: one in-process engine shard, no disk, no network",
         env!("CARGO_PKG_VERSION")
     );
     println!("one in-process shard, embedded defaults:");

@@ -34,7 +34,7 @@ use paycore_engine::{Command, Engine, EngineConfig};
 use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
 use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
 
-pub use reply::CommandResult;
+pub use reply::{CommandResult, OnDone};
 pub use routing::{Route, route};
 pub use writer::ShardStats;
 
@@ -84,6 +84,7 @@ pub struct Sequencer {
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
     shard_count: u16,
+    ring_capacity: usize,
 }
 
 impl std::fmt::Debug for Request {
@@ -181,6 +182,7 @@ impl Sequencer {
             threads,
             stats,
             shard_count: config.shard_count,
+            ring_capacity: config.ring_requests_max,
         })
     }
 
@@ -192,6 +194,11 @@ impl Sequencer {
         &self.stats[usize::from(shard)]
     }
 
+    /// Requests a shard's ring holds before `Busy`.
+    pub fn ring_capacity(&self) -> usize {
+        self.ring_capacity
+    }
+
     /// Requests waiting in a shard's ring.
     pub fn ring_depth(&self, shard: u16) -> usize {
         self.rings[usize::from(shard)].len()
@@ -200,6 +207,21 @@ impl Sequencer {
     /// Hands a batch to the shards; never blocks. The receiver yields one result per command,
     /// in order, once every shard part is applied (or refused as busy).
     pub fn submit(&self, commands: Vec<Command>) -> Receiver<Vec<CommandResult>> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        self.submit_with(
+            commands,
+            Box::new(move |results| {
+                // The caller may have gone away; then nobody needs the answer.
+                let _ = sender.send(results);
+            }),
+        );
+        receiver
+    }
+
+    /// Like [`submit`](Self::submit), calling `on_done` once with the results instead of
+    /// returning a receiver (for async callers: send them to a oneshot channel).
+    pub fn submit_with(&self, commands: Vec<Command>, on_done: OnDone) {
+        let total = commands.len();
         let count = usize::from(self.shard_count);
         let mut parts: Vec<Vec<(u32, Command)>> = vec![Vec::new(); count];
         let mut refused = Vec::new();
@@ -218,9 +240,8 @@ impl Sequencer {
                 }
             }
         }
-        let total: usize = parts.iter().map(Vec::len).sum::<usize>() + refused.len();
         let used = parts.iter().filter(|p| !p.is_empty()).count();
-        let (reply, receiver) = BatchReply::new(total.max(1), used + 1);
+        let reply = BatchReply::new(total.max(1), used + 1, on_done);
         for index in refused {
             reply.set(index, CommandResult::ShardUnavailable);
         }
@@ -253,7 +274,6 @@ impl Sequencer {
         }
         // The submitter's own part: done once everything is handed over.
         reply.part_done();
-        receiver
     }
 
     /// `submit`, waiting up to `timeout` for the results.
@@ -284,6 +304,24 @@ impl Sequencer {
             .send_timeout(request, timeout)
             .ok()?;
         receiver.recv_timeout(timeout).ok()
+    }
+
+    /// Runs `query` on `shard`'s writer thread between two batches without waiting; `Err` if
+    /// the shard's ring is full or the shard is gone (then `query` is not run).
+    pub fn query_with(
+        &self,
+        shard: u16,
+        query: impl FnOnce(&Engine) + Send + 'static,
+    ) -> Result<(), CommandResult> {
+        let ring = self
+            .rings
+            .get(usize::from(shard))
+            .ok_or(CommandResult::ShardUnavailable)?;
+        match ring.try_send(Request::Query(Box::new(query))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(CommandResult::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(CommandResult::ShardUnavailable),
+        }
     }
 
     /// Stops accepting work, lets every writer finish its current batch, and joins them.

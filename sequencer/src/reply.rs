@@ -1,10 +1,9 @@
 //! Replies: one client batch may be split over several shards; each shard fills in the results
-//! of its commands, and the last one to finish sends the whole batch back, in order.
+//! of its commands, and the last one to finish hands the whole batch back, in order.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender};
 use paycore_engine::Outcome;
 
 /// What became of one command of a batch.
@@ -23,26 +22,32 @@ pub enum CommandResult {
 /// every shard, beyond the one whose outcome the client sees).
 pub(crate) const DISCARD: u32 = u32::MAX;
 
+/// Called once with a batch's results, in order, on the thread that finishes it (a shard
+/// writer): it must be quick — hand the results to a channel.
+pub type OnDone = Box<dyn FnOnce(Vec<CommandResult>) + Send>;
+
 /// A batch in flight: its results so far, and how many shard parts are still out.
-#[derive(Debug)]
 pub(crate) struct BatchReply {
     results: Mutex<Vec<CommandResult>>,
     parts_left: AtomicUsize,
-    done: Sender<Vec<CommandResult>>,
+    done: Mutex<Option<OnDone>>,
+}
+
+impl std::fmt::Debug for BatchReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchReply")
+            .field("parts_left", &self.parts_left)
+            .finish()
+    }
 }
 
 impl BatchReply {
-    pub(crate) fn new(
-        commands: usize,
-        parts: usize,
-    ) -> (Arc<BatchReply>, Receiver<Vec<CommandResult>>) {
-        let (done, receiver) = crossbeam_channel::bounded(1);
-        let reply = BatchReply {
+    pub(crate) fn new(commands: usize, parts: usize, done: OnDone) -> Arc<BatchReply> {
+        Arc::new(BatchReply {
             results: Mutex::new(vec![CommandResult::ShardUnavailable; commands]),
             parts_left: AtomicUsize::new(parts),
-            done,
-        };
-        (Arc::new(reply), receiver)
+            done: Mutex::new(Some(done)),
+        })
     }
 
     /// Records the result of command `index` of the batch.
@@ -53,13 +58,15 @@ impl BatchReply {
         }
     }
 
-    /// One shard part is complete; the last one sends the batch.
+    /// One shard part is complete; the last one hands the batch over.
     pub(crate) fn part_done(&self) {
         if self.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             let results =
                 std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()));
-            // The client may have gone away; then nobody needs the answer.
-            let _ = self.done.send(results);
+            let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(done) = done {
+                done(results);
+            }
         }
     }
 }

@@ -1,0 +1,265 @@
+//! # paycore-client: talk to a paycore node over QUIC
+//!
+//! The async client library the gateway, the load generator and operator tools use. One QUIC
+//! connection per client, TLS always on (the node's certificate is trusted by file: the node
+//! writes `<data_dir>/tls/cert.der` on first start), one bidirectional stream per request, so
+//! any number of requests can be in flight at once.
+//!
+//! [`Client::submit`] sends a batch of up to `BATCH_COMMANDS_MAX` commands and returns one
+//! result per command, in order. Commands answered `busy` or `shard_unavailable` are sent
+//! again, **with the same idempotency keys**, after a backoff, at most `retries_max` times;
+//! every attempt has a timeout. A command that timed out may or may not have been applied:
+//! resubmitting it with the same key is always safe (the engine returns the first outcome).
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use paycore_engine::Command;
+use paycore_protocol::{
+    BATCH_COMMANDS_MAX, CommandResult, FRAME_BYTES_MAX, Frame, Query, QueryResult, decode, encode,
+};
+use rustls::pki_types::CertificateDer;
+
+/// Longest certificate file read, in bytes.
+const CERTIFICATE_BYTES_MAX: u64 = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub server: SocketAddr,
+    /// Name in the node's certificate (`localhost` for the embedded self-signed one).
+    pub server_name: String,
+    /// DER certificate to trust (the node's self-signed one, or the CA of a real deployment).
+    pub trust_der_path: PathBuf,
+    /// Timeout of one attempt of one request.
+    pub request_timeout_ms: u64,
+    /// Extra attempts for commands answered busy / shard unavailable.
+    pub retries_max: u32,
+    /// Backoff before the first retry; doubles each time.
+    pub retry_backoff_ms: u64,
+}
+
+impl ClientConfig {
+    pub fn new(server: SocketAddr, trust_der_path: PathBuf) -> ClientConfig {
+        ClientConfig {
+            server,
+            server_name: "localhost".into(),
+            trust_der_path,
+            request_timeout_ms: 10_000,
+            retries_max: 5,
+            retry_backoff_ms: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read the trusted certificate {path}: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("cannot connect to {server}: {reason}")]
+    Connect { server: SocketAddr, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(String),
+    #[error(
+        "request timed out after {0} ms (its commands may or may not be applied; resubmit with the same keys)"
+    )]
+    Timeout(u64),
+    #[error("the node answered with an error frame: {code:?} {message}")]
+    Node { code: u16, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("a batch holds 1 to {BATCH_COMMANDS_MAX} commands, not {0}")]
+    BatchSize(usize),
+}
+
+/// A connection to one node.
+#[derive(Debug)]
+pub struct Client {
+    connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    next_request: AtomicU64,
+    config: ClientConfig,
+}
+
+/// The QUIC client configuration that trusts `certificate`.
+pub fn quic_client_config(
+    certificate: CertificateDer<'static>,
+) -> Result<quinn::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate).map_err(|e| e.to_string())?;
+    quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|e| e.to_string())
+}
+
+impl Client {
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let certificate = read_certificate(&config.trust_der_path)?;
+        let quic = quic_client_config(certificate).map_err(|reason| ClientError::Certificate {
+            path: config.trust_der_path.clone(),
+            reason,
+        })?;
+        let bind: SocketAddr = if config.server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|e: std::net::AddrParseError| ClientError::Connect {
+            server: config.server,
+            reason: e.to_string(),
+        })?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+            server: config.server,
+            reason: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(quic);
+        let connecting = endpoint
+            .connect(config.server, &config.server_name)
+            .map_err(|e| ClientError::Connect {
+                server: config.server,
+                reason: e.to_string(),
+            })?;
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let connection = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout(config.request_timeout_ms))?
+            .map_err(|e| ClientError::Connect {
+                server: config.server,
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            connection,
+            _endpoint: endpoint,
+            next_request: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// One request, one response, on its own stream, within the request timeout.
+    async fn round_trip(&self, frame: &Frame) -> Result<Frame, ClientError> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::new();
+        encode(frame, request_id, &mut bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let exchange = async {
+            let (mut send, mut recv) = self
+                .connection
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+            send.finish()
+                .map_err(|e| ClientError::Connection(e.to_string()))?;
+            recv.read_to_end(FRAME_BYTES_MAX)
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))
+        };
+        let response = tokio::time::timeout(
+            Duration::from_millis(self.config.request_timeout_ms),
+            exchange,
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(self.config.request_timeout_ms))??;
+        let (id, frame) = decode(&response).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Frame::Error { code, message } = frame {
+            return Err(ClientError::Node {
+                code: code.0,
+                message,
+            });
+        }
+        if id != request_id {
+            return Err(ClientError::Protocol(format!(
+                "answer to request {id}, expected {request_id}"
+            )));
+        }
+        Ok(frame)
+    }
+
+    /// Submits a batch and returns one result per command, in order, retrying busy and
+    /// unavailable commands with the same keys (see the crate docs).
+    pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ClientError> {
+        if commands.is_empty() || commands.len() > BATCH_COMMANDS_MAX {
+            return Err(ClientError::BatchSize(commands.len()));
+        }
+        let mut results = vec![CommandResult::Busy; commands.len()];
+        let mut pending: Vec<usize> = (0..commands.len()).collect();
+        let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        for attempt in 0..=self.config.retries_max {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+            let batch: Vec<Command> = pending.iter().map(|i| commands[*i].clone()).collect();
+            let answer = self
+                .round_trip(&Frame::SubmitBatch { commands: batch })
+                .await?;
+            let Frame::BatchResult { results: answered } = answer else {
+                return Err(ClientError::Protocol("expected a batch result".into()));
+            };
+            if answered.len() != pending.len() {
+                return Err(ClientError::Protocol(format!(
+                    "{} results for {} commands",
+                    answered.len(),
+                    pending.len()
+                )));
+            }
+            let mut still = Vec::new();
+            for (index, result) in pending.iter().zip(answered) {
+                results[*index] = result;
+                if !matches!(result, CommandResult::Outcome(_)) {
+                    still.push(*index);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Submits a batch once, without retries (the load generator counts busy answers itself).
+    pub async fn submit_once(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, ClientError> {
+        if commands.is_empty() || commands.len() > BATCH_COMMANDS_MAX {
+            return Err(ClientError::BatchSize(commands.len()));
+        }
+        match self.round_trip(&Frame::SubmitBatch { commands }).await? {
+            Frame::BatchResult { results } => Ok(results),
+            _ => Err(ClientError::Protocol("expected a batch result".into())),
+        }
+    }
+
+    pub async fn query(&self, query: Query) -> Result<QueryResult, ClientError> {
+        match self.round_trip(&Frame::Query(query)).await? {
+            Frame::QueryResult(result) => Ok(result),
+            _ => Err(ClientError::Protocol("expected a query result".into())),
+        }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(&self) {
+        self.connection.close(0u32.into(), b"bye");
+    }
+}
+
+fn read_certificate(path: &std::path::Path) -> Result<CertificateDer<'static>, ClientError> {
+    let error = |reason: String| ClientError::Certificate {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let length = std::fs::metadata(path)
+        .map_err(|e| error(e.to_string()))?
+        .len();
+    if length > CERTIFICATE_BYTES_MAX {
+        return Err(error(format!("{length} bytes is not a certificate")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    Ok(CertificateDer::from(bytes))
+}

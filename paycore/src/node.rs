@@ -1,0 +1,416 @@
+//! `paycore node`: the core node — shards (sequencer + journal + snapshots) behind a QUIC
+//! listener speaking the binary protocol (`paycore-protocol`).
+//!
+//! Each request arrives on its own bidirectional QUIC stream: one frame in, one frame out. A
+//! frame that does not decode gets an error frame, and the connection is closed when the error
+//! code says so; nothing a client sends can panic the node. TLS is always on: without `--cert`
+//! and `--key`, the node creates a self-signed certificate for `localhost` in
+//! `<data_dir>/tls/` on first start and reuses it; clients trust `<data_dir>/tls/cert.der`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paycore_journal::{Durability, RecoveryOptions};
+use paycore_protocol::{
+    CommandResult, ErrorCode, FRAME_BYTES_MAX, Frame, HoldView, Query, QueryResult, ShardStatus,
+    StatusView, WalletView, decode, encode,
+};
+use paycore_sequencer::{Sequencer, SequencerConfig};
+use paycore_snapshot::SnapshotPolicy;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Longest wait for a shard to answer a query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one connection may have open at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Data folder: shard journals and snapshots, and the embedded TLS certificate.
+    #[arg(long, env = "PAYCORE_DATA_DIR", default_value = "./paycore-data")]
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC listener.
+    #[arg(long, env = "PAYCORE_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// Number of shards (fixed for the life of a data folder). Default: the number of cores.
+    #[arg(long, env = "PAYCORE_SHARDS")]
+    pub shards: Option<u16>,
+    /// `fsync`: a reply waits until its command is durable (default). `none`: page cache only,
+    /// for benchmarks; a power cut loses acknowledged commands.
+    #[arg(long, env = "PAYCORE_DURABILITY", default_value = "fsync", value_parser = ["fsync", "none"])]
+    pub durability: String,
+    /// Client batch parts waiting per shard before the node answers `busy`.
+    #[arg(long, env = "PAYCORE_RING_REQUESTS_MAX", default_value_t = 1024)]
+    pub ring_requests_max: usize,
+    /// Most commands per group commit.
+    #[arg(long, env = "PAYCORE_BATCH_COMMANDS_MAX", default_value_t = 8192)]
+    pub batch_commands_max: usize,
+    /// Snapshot each shard after this many commands...
+    #[arg(
+        long,
+        env = "PAYCORE_SNAPSHOT_EVERY_RECORDS",
+        default_value_t = 1_000_000
+    )]
+    pub snapshot_every_records: u64,
+    /// ...or after this many seconds with new commands.
+    #[arg(long, env = "PAYCORE_SNAPSHOT_EVERY_SECS", default_value_t = 60)]
+    pub snapshot_every_secs: u64,
+    /// TLS certificate (DER) for real deployments; with `--key`.
+    #[arg(long, env = "PAYCORE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PKCS#8 DER); with `--cert`.
+    #[arg(long, env = "PAYCORE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
+    #[arg(long)]
+    pub truncate_corruption: bool,
+}
+
+/// The certificate and key to serve: given, or the embedded self-signed pair (created once).
+fn tls_identity(
+    args: &NodeArgs,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>, PathBuf), String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read(key)?));
+        return Ok((CertificateDer::from(read(cert)?), key, cert.clone()));
+    }
+    let dir = args.data_dir.join("tls");
+    let (cert_path, key_path) = (dir.join("cert.der"), dir.join("key.der"));
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .map_err(|e| format!("cannot create a self-signed certificate: {e}"))?;
+        std::fs::write(&key_path, generated.signing_key.serialize_der())
+            .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        std::fs::write(&cert_path, generated.cert.der())
+            .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    }
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read(&key_path)?));
+    Ok((CertificateDer::from(read(&cert_path)?), key, cert_path))
+}
+
+fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
+    let mut config = SequencerConfig::new(args.data_dir.clone(), shards.max(1));
+    config.ring_requests_max = args.ring_requests_max.max(1);
+    config.batch_commands_max = args.batch_commands_max.max(1);
+    config.journal.durability = if args.durability == "none" {
+        Durability::None
+    } else {
+        Durability::Fsync
+    };
+    config.snapshots = Some(SnapshotPolicy {
+        every_records: args.snapshot_every_records.max(1),
+        every_ms: args.snapshot_every_secs.saturating_mul(1000).max(1),
+        keep: 2,
+    });
+    config.recovery = RecoveryOptions {
+        truncate_corruption: args.truncate_corruption,
+    };
+    config
+}
+
+/// A running node: its QUIC endpoint and shards. `run_node` drives one until a signal.
+#[derive(Debug)]
+pub struct Node {
+    pub endpoint: quinn::Endpoint,
+    pub sequencer: Arc<Sequencer>,
+    pub trust_path: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Starts the shards and the QUIC listener (inside a tokio runtime).
+pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (cert, key, trust_path) = tls_identity(args)?;
+    let config = sequencer_config(args);
+    let sequencer = Arc::new(Sequencer::start(config).map_err(|e| e.to_string())?);
+    let mut server =
+        quinn::ServerConfig::with_single_cert(vec![cert], key).map_err(|e| e.to_string())?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server, args.listen)
+        .map_err(|e| format!("{}: {e}", args.listen))?;
+    let listen = endpoint.local_addr().map_err(|e| e.to_string())?;
+    let accept = endpoint.clone();
+    let serving = sequencer.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            let sequencer = serving.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(connection) => serve_connection(connection, sequencer).await,
+                    Err(error) => tracing::debug!(%error, "handshake failed"),
+                }
+            });
+        }
+    });
+    Ok(Node {
+        endpoint,
+        sequencer,
+        trust_path,
+        listen,
+    })
+}
+
+/// `paycore node`: serve until SIGINT or SIGTERM, then finish in-flight group commits and exit.
+pub fn run_node(args: NodeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("paycore-net")
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let node = start_node(&args)?;
+        println!(
+            "paycore node: {} shard(s), data in {}, QUIC on {} (trust {}), durability {}",
+            node.sequencer.shard_count(),
+            args.data_dir.display(),
+            node.listen,
+            node.trust_path.display(),
+            args.durability
+        );
+        wait_for_signal().await;
+        println!("paycore node: shutting down (finishing in-flight commits)");
+        node.endpoint.close(0u32.into(), b"shutting down");
+        node.endpoint.wait_idle().await;
+        stop_sequencer(node.sequencer).await;
+        Ok(())
+    })
+}
+
+/// Waits (bounded) for the request tasks to let go of the sequencer, then stops the shards:
+/// each writer finishes the batch it is committing and exits.
+pub async fn stop_sequencer(mut sequencer: Arc<Sequencer>) {
+    for _ in 0..250 {
+        match Arc::try_unwrap(sequencer) {
+            Ok(owned) => {
+                owned.shutdown();
+                return;
+            }
+            Err(shared) => {
+                sequencer = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::warn!("requests still running after 5 s; leaving the shards to the process exit");
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve_connection(connection: quinn::Connection, sequencer: Arc<Sequencer>) {
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let sequencer = sequencer.clone();
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    if let Some(code) = serve_stream(send, recv, sequencer).await
+                        && code.closes_connection()
+                    {
+                        connection.close(u32::from(code.0).into(), code.name().as_bytes());
+                    }
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Answers one request; returns the error code it answered with, if any.
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    sequencer: Arc<Sequencer>,
+) -> Option<ErrorCode> {
+    let (request_id, answer) = match recv.read_to_end(FRAME_BYTES_MAX).await {
+        Err(quinn::ReadToEndError::TooLong) => (
+            0,
+            Frame::error(
+                ErrorCode::FRAME_TOO_LARGE,
+                format!("frames are at most {FRAME_BYTES_MAX} bytes"),
+            ),
+        ),
+        Err(_) => return None,
+        Ok(bytes) => match decode(&bytes) {
+            Err(error) => (error.request_id.unwrap_or(0), error.to_frame()),
+            Ok((id, frame)) => (id, answer(frame, &sequencer).await),
+        },
+    };
+    let code = match &answer {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    };
+    let mut bytes = Vec::new();
+    if encode(&answer, request_id, &mut bytes).is_err() {
+        bytes.clear();
+        let internal = Frame::error(ErrorCode::INTERNAL, "answer did not encode");
+        let _ = encode(&internal, request_id, &mut bytes);
+    }
+    let _ = send.write_all(&bytes).await;
+    let _ = send.finish();
+    if code.is_some_and(ErrorCode::closes_connection) {
+        // Let the error frame reach the peer before the connection is closed (bounded wait).
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    }
+    code
+}
+
+async fn answer(frame: Frame, sequencer: &Arc<Sequencer>) -> Frame {
+    match frame {
+        Frame::SubmitBatch { commands } => {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            sequencer.submit_with(
+                commands,
+                Box::new(move |results| {
+                    let _ = sender.send(results);
+                }),
+            );
+            match receiver.await {
+                Ok(results) => Frame::BatchResult {
+                    results: results.into_iter().map(wire_result).collect(),
+                },
+                Err(_) => Frame::error(ErrorCode::SHUTTING_DOWN, "the node is shutting down"),
+            }
+        }
+        Frame::Query(query) => match run_query(query, sequencer).await {
+            Some(result) => Frame::QueryResult(result),
+            None => Frame::error(ErrorCode::SHARD_UNAVAILABLE, "the shard did not answer"),
+        },
+        Frame::Subscribe { .. } => Frame::error(
+            ErrorCode::UNEXPECTED_FRAME,
+            "event subscriptions are not served yet by this node",
+        ),
+        _ => Frame::error(
+            ErrorCode::UNEXPECTED_FRAME,
+            "clients send submit_batch, query or subscribe",
+        ),
+    }
+}
+
+fn wire_result(result: paycore_sequencer::CommandResult) -> CommandResult {
+    match result {
+        paycore_sequencer::CommandResult::Outcome(outcome) => CommandResult::Outcome(outcome),
+        paycore_sequencer::CommandResult::Busy => CommandResult::Busy,
+        paycore_sequencer::CommandResult::ShardUnavailable => CommandResult::ShardUnavailable,
+    }
+}
+
+/// Runs `query` on `shard`'s writer thread and awaits its answer.
+async fn on_shard<R: Send + 'static>(
+    sequencer: &Arc<Sequencer>,
+    shard: u16,
+    query: impl FnOnce(&paycore_engine::Engine) -> R + Send + 'static,
+) -> Option<R> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    sequencer
+        .query_with(shard, move |engine| {
+            let _ = sender.send(query(engine));
+        })
+        .ok()?;
+    tokio::time::timeout(QUERY_TIMEOUT, receiver)
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn run_query(query: Query, sequencer: &Arc<Sequencer>) -> Option<QueryResult> {
+    let shards = sequencer.shard_count();
+    let owner = |shard: u16| if shard < shards { shard } else { 0 };
+    match query {
+        Query::WalletById(id) => Some(QueryResult::Wallet(
+            on_shard(sequencer, owner(id.shard()), move |engine| {
+                let wallet = engine.wallet(id)?;
+                Some(WalletView::new(
+                    id,
+                    wallet,
+                    engine.currency(wallet.currency)?,
+                ))
+            })
+            .await?,
+        )),
+        Query::WalletsOfUser(user) => Some(QueryResult::Wallets(
+            on_shard(sequencer, user.shard(shards), move |engine| {
+                engine
+                    .user_wallets(user)
+                    .into_iter()
+                    .filter_map(|id| {
+                        let wallet = engine.wallet(id)?;
+                        Some(WalletView::new(
+                            id,
+                            wallet,
+                            engine.currency(wallet.currency)?,
+                        ))
+                    })
+                    .collect()
+            })
+            .await?,
+        )),
+        Query::HoldById(hold) => Some(QueryResult::Hold(
+            on_shard(sequencer, owner(hold.shard()), move |engine| {
+                engine.hold(hold).map(HoldView::from)
+            })
+            .await?,
+        )),
+        Query::OutcomeByKey { shard, key } => Some(QueryResult::Outcome(
+            on_shard(sequencer, owner(shard), move |engine| {
+                engine.outcome_of(&key)
+            })
+            .await?,
+        )),
+        Query::Status => {
+            let mut status = StatusView::default();
+            for shard in 0..shards {
+                let ring_depth = sequencer.ring_depth(shard) as u64;
+                let durable = sequencer
+                    .stats(shard)
+                    .durable_sequence
+                    .load(std::sync::atomic::Ordering::Acquire);
+                let mut entry = on_shard(sequencer, shard, move |engine| ShardStatus {
+                    shard,
+                    last_sequence: engine.last_sequence(),
+                    last_timestamp_ns: engine.last_timestamp_ns(),
+                    wallets: engine.wallet_count() as u64,
+                    open_holds: engine.open_hold_count() as u64,
+                    transfers_in_flight: engine.transfers_in_flight() as u64,
+                    idempotency_entries: engine.idempotency_entries() as u64,
+                    idempotency_evicted_early: engine.idempotency_evicted_early(),
+                    ..ShardStatus::default()
+                })
+                .await?;
+                entry.durable_sequence = durable;
+                entry.ring_depth = ring_depth;
+                entry.ring_capacity = sequencer.ring_capacity() as u64;
+                status.shards.push(entry);
+            }
+            Some(QueryResult::Status(status))
+        }
+    }
+}

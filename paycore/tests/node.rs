@@ -1,0 +1,287 @@
+//! The node end to end over real QUIC sockets on loopback, with the client library: batches,
+//! idempotent retries, busy backpressure, malformed frames, cross-shard transfers conserving
+//! money, and a restart that loses nothing acknowledged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paycore::node::{NodeArgs, start_node, stop_sequencer};
+use paycore_client::{Client, ClientConfig};
+use paycore_engine::{
+    Applied, Command, CurrencyCode, IdempotencyKey, Op, Outcome, UserId, WalletId,
+};
+use paycore_protocol::{CommandResult, Query, QueryResult};
+
+fn args(dir: &Path, shards: u16) -> NodeArgs {
+    NodeArgs {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        shards: Some(shards),
+        durability: "fsync".into(),
+        ring_requests_max: 1024,
+        batch_commands_max: 8192,
+        snapshot_every_records: 1_000_000,
+        snapshot_every_secs: 3600,
+        cert: None,
+        key: None,
+        truncate_corruption: false,
+    }
+}
+
+fn data_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("paycore-node-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn client(server: SocketAddr, dir: &Path) -> Client {
+    Client::connect(ClientConfig::new(server, dir.join("tls/cert.der")))
+        .await
+        .expect("connect")
+}
+
+fn usd() -> CurrencyCode {
+    CurrencyCode::parse("USD").expect("code")
+}
+
+fn command(key: &str, op: Op) -> Command {
+    Command::Client {
+        key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        op,
+    }
+}
+
+fn outcome(result: &CommandResult) -> Outcome {
+    match result {
+        CommandResult::Outcome(outcome) => *outcome,
+        other => panic!("not applied: {other:?}"),
+    }
+}
+
+async fn open_wallets(client: &Client, users: u128, funds: u128) -> Vec<WalletId> {
+    let register = client
+        .submit(vec![command(
+            "usd",
+            Op::RegisterCurrency {
+                code: usd(),
+                scale: 2,
+            },
+        )])
+        .await;
+    assert!(outcome(&register.expect("register")[0]).is_ok());
+    let opens = (1..=users).map(|u| {
+        command(
+            &format!("open-{u}"),
+            Op::OpenWallet {
+                user: UserId(u),
+                currency: usd(),
+            },
+        )
+    });
+    let wallets: Vec<WalletId> = client
+        .submit(opens.collect())
+        .await
+        .expect("opens")
+        .iter()
+        .map(|r| match outcome(r) {
+            Outcome::Ok(Applied::WalletOpened(wallet)) => wallet,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let deposits = wallets.iter().enumerate().map(|(i, w)| {
+        command(
+            &format!("fund-{i}"),
+            Op::Deposit {
+                wallet: *w,
+                amount: funds,
+                currency: usd(),
+            },
+        )
+    });
+    for result in client.submit(deposits.collect()).await.expect("deposits") {
+        assert!(outcome(&result).is_ok());
+    }
+    wallets
+}
+
+async fn balance(client: &Client, wallet: WalletId) -> i128 {
+    match client
+        .query(Query::WalletById(wallet))
+        .await
+        .expect("query")
+    {
+        QueryResult::Wallet(Some(view)) => view.available + view.frozen,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_retries_cross_shard_and_restart_over_quic() {
+    let dir = data_dir("e2e");
+    let node = start_node(&args(&dir, 2)).expect("node starts");
+    let client = client(node.listen, &dir).await;
+    let wallets = open_wallets(&client, 20, 10_000).await;
+
+    // A batch of transfers, many between the two shards.
+    let transfers: Vec<Command> = (0..200)
+        .map(|i| {
+            let op = Op::Transfer {
+                from: wallets[i % 20],
+                to: wallets[(i * 3 + 1) % 20],
+                amount: 10,
+                currency: usd(),
+            };
+            command(&format!("t-{i}"), op)
+        })
+        .collect();
+    let first = client.submit(transfers.clone()).await.expect("transfers");
+    assert_eq!(first.len(), 200);
+    assert!(
+        first
+            .iter()
+            .all(|r| matches!(r, CommandResult::Outcome(o) if o.is_ok())),
+        "{first:?}"
+    );
+    // The same batch again: same keys, same first outcomes, nothing applied twice.
+    let again = client.submit(transfers.clone()).await.expect("retry");
+    assert_eq!(again, first);
+
+    // Legs settle; then every user balance adds up to what was deposited.
+    let mut total = 0;
+    for _ in 0..200 {
+        let QueryResult::Status(status) = client.query(Query::Status).await.expect("status") else {
+            panic!()
+        };
+        if status.shards.iter().all(|s| s.transfers_in_flight == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut before = Vec::new();
+    for wallet in &wallets {
+        let b = balance(&client, *wallet).await;
+        before.push(b);
+        total += b;
+    }
+    assert_eq!(total, 20 * 10_000, "money conserved across shards");
+
+    // Restart the node on the same folder: everything acknowledged is there.
+    client.close();
+    node.endpoint.close(0u32.into(), b"restart");
+    node.endpoint.wait_idle().await;
+    stop_sequencer(node.sequencer).await;
+    let node = start_node(&args(&dir, 2)).expect("node restarts");
+    let client = self::client(node.listen, &dir).await;
+    for (wallet, expected) in wallets.iter().zip(&before) {
+        assert_eq!(balance(&client, *wallet).await, *expected);
+    }
+    let replayed = client.submit(transfers).await.expect("retry after restart");
+    assert_eq!(replayed, first, "idempotency survives the restart");
+    client.close();
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_backpressure_and_retries() {
+    let dir = data_dir("busy");
+    let mut node_args = args(&dir, 1);
+    node_args.ring_requests_max = 1;
+    let node = start_node(&node_args).expect("node starts");
+    let client = std::sync::Arc::new(client(node.listen, &dir).await);
+    let wallets = open_wallets(&client, 2, 1_000_000).await;
+    // Many single-command requests at once, without retries: some find the ring full.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let client = client.clone();
+        let op = Op::Transfer {
+            from: wallets[i % 2],
+            to: wallets[(i + 1) % 2],
+            amount: 1,
+            currency: usd(),
+        };
+        tasks.push(tokio::spawn(async move {
+            client
+                .submit_once(vec![command(&format!("b-{i}"), op)])
+                .await
+        }));
+    }
+    let mut busy_keys = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("task").expect("answered")[0] {
+            CommandResult::Busy => busy_keys.push(i),
+            CommandResult::Outcome(outcome) => assert!(outcome.is_ok()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!busy_keys.is_empty(), "the 1-slot ring never filled");
+    // Resubmitting the busy ones with the same keys (with retries) applies each exactly once.
+    let retry: Vec<Command> = busy_keys
+        .iter()
+        .map(|i| {
+            let op = Op::Transfer {
+                from: wallets[i % 2],
+                to: wallets[(i + 1) % 2],
+                amount: 1,
+                currency: usd(),
+            };
+            command(&format!("b-{i}"), op)
+        })
+        .collect();
+    for chunk in retry.chunks(50) {
+        for result in client.submit(chunk.to_vec()).await.expect("retried") {
+            assert!(outcome(&result).is_ok());
+        }
+    }
+    let total = balance(&client, wallets[0]).await + balance(&client, wallets[1]).await;
+    assert_eq!(total, 2_000_000);
+    client.close();
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_frame_and_the_connection_closes() {
+    let dir = data_dir("malformed");
+    let node = start_node(&args(&dir, 1)).expect("node starts");
+    let certificate = std::fs::read(dir.join("tls/cert.der")).expect("cert");
+    let config = paycore_client::quic_client_config(certificate.into()).expect("tls");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(node.listen, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    // A frame header claiming version 1, kind 1, then garbage.
+    let mut garbage = vec![0u8; 4];
+    garbage.extend_from_slice(&[1, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+    let len = (garbage.len() - 4) as u32;
+    garbage[..4].copy_from_slice(&len.to_le_bytes());
+    send.write_all(&garbage).await.expect("write");
+    send.finish().expect("finish");
+    let answer = recv.read_to_end(1 << 20).await.expect("answer");
+    let (_, frame) = paycore_protocol::decode(&answer).expect("an error frame decodes");
+    assert!(
+        matches!(frame, paycore_protocol::Frame::Error { .. }),
+        "{frame:?}"
+    );
+    // The node closes the connection after a malformed frame.
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+    assert!(closed.is_ok(), "connection still open");
+    // And it keeps serving others.
+    let client = client(node.listen, &dir).await;
+    assert!(matches!(
+        client.query(Query::Status).await,
+        Ok(QueryResult::Status(_))
+    ));
+    client.close();
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
