@@ -746,4 +746,27 @@ mod tests {
         }
         assert!(index.bits > Index::BITS_MIN);
     }
+
+    /// The one pause the index has: doubling. Timed at the default capacity's last growth
+    /// (12.6 M entries, 2^24 -> 2^25 slots): `cargo test --release -p paycore-engine --lib
+    /// index_growth_pause -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, release build"]
+    fn index_growth_pause() {
+        let bits = 24;
+        let mut index = Index::with_bits(bits);
+        let full = (1usize << bits) * 3 / 4;
+        for n in 0..full as u32 {
+            index.insert(tag(xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes())), n);
+        }
+        assert_eq!(index.bits, bits);
+        let start = std::time::Instant::now();
+        index.insert(tag(u64::MAX), full as u32);
+        let pause = start.elapsed();
+        assert_eq!(index.bits, bits + 1);
+        println!(
+            "growth of {full} entries to 2^{} slots: {pause:.2?}",
+            bits + 1
+        );
+    }
 }
