@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use paycore_engine::Command;
 use paycore_protocol::{
-    BATCH_COMMANDS_MAX, CommandResult, FRAME_BYTES_MAX, Frame, Query, QueryResult, decode, encode,
+    BATCH_COMMANDS_MAX, CommandResult, FRAME_BYTES_MAX, Frame, FrameReader, Query, QueryResult,
+    decode, encode,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -243,9 +244,67 @@ impl Client {
         }
     }
 
+    /// Subscribes to the committed events of every shard from `from` (shard, sequence) on; a
+    /// shard not listed starts from the oldest event the node keeps. Resume after a disconnect
+    /// with the position after the last frame received per shard: nothing is skipped.
+    pub async fn subscribe(&self, from: Vec<(u16, u64)>) -> Result<Subscription, ClientError> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::new();
+        encode(&Frame::Subscribe { from }, request_id, &mut bytes)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (mut send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        send.finish()
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        Ok(Subscription {
+            recv,
+            reader: FrameReader::new(),
+            chunk: vec![0u8; 64 * 1024],
+        })
+    }
+
     /// Closes the connection politely.
     pub fn close(&self) {
         self.connection.close(0u32.into(), b"bye");
+    }
+}
+
+/// A stream of `events` frames (see [`Client::subscribe`]).
+#[derive(Debug)]
+pub struct Subscription {
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+    chunk: Vec<u8>,
+}
+
+impl Subscription {
+    /// The next frame: `Frame::Events`, or `Frame::Error` if the node ended the subscription
+    /// (for instance `position_unavailable`). `Ok(None)` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ClientError> {
+        loop {
+            if let Some((_, frame)) = self
+                .reader
+                .next_frame()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                return Ok(Some(frame));
+            }
+            match self
+                .recv
+                .read(&mut self.chunk)
+                .await
+                .map_err(|e| ClientError::Connection(e.to_string()))?
+            {
+                Some(read) => self.reader.extend(&self.chunk[..read]),
+                None => return Ok(None),
+            }
+        }
     }
 }
 

@@ -261,6 +261,9 @@ async fn serve_stream(
         Err(_) => return None,
         Ok(bytes) => match decode(&bytes) {
             Err(error) => (error.request_id.unwrap_or(0), error.to_frame()),
+            Ok((id, Frame::Subscribe { from })) => {
+                return subscribe(send, id, from, &sequencer).await;
+            }
             Ok((id, frame)) => (id, answer(frame, &sequencer).await),
         },
     };
@@ -304,14 +307,128 @@ async fn answer(frame: Frame, sequencer: &Arc<Sequencer>) -> Frame {
             Some(result) => Frame::QueryResult(result),
             None => Frame::error(ErrorCode::SHARD_UNAVAILABLE, "the shard did not answer"),
         },
-        Frame::Subscribe { .. } => Frame::error(
-            ErrorCode::UNEXPECTED_FRAME,
-            "event subscriptions are not served yet by this node",
-        ),
         _ => Frame::error(
             ErrorCode::UNEXPECTED_FRAME,
             "clients send submit_batch, query or subscribe",
         ),
+    }
+}
+
+/// Batches read per shard per turn of a subscription.
+const SUBSCRIPTION_BATCHES_PER_TURN: usize = 64;
+/// How long an idle subscription waits before looking for new events again.
+const SUBSCRIPTION_IDLE_MS: u64 = 2;
+
+/// Writes one frame on a subscription stream; false when the client has gone.
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    request_id: u64,
+    frame: &Frame,
+    bytes: &mut Vec<u8>,
+) -> bool {
+    bytes.clear();
+    encode(frame, request_id, bytes).is_ok() && send.write_all(bytes).await.is_ok()
+}
+
+/// Streams the committed events of every shard from the requested positions until the client
+/// goes away: per shard in sequence order, one `events` frame per command with events, and a
+/// progress mark after commands without events. Returns the error code it ended with, if any.
+async fn subscribe(
+    mut send: quinn::SendStream,
+    request_id: u64,
+    from: Vec<(u16, u64)>,
+    sequencer: &Arc<Sequencer>,
+) -> Option<ErrorCode> {
+    let shards = sequencer.shard_count();
+    let mut bytes = Vec::new();
+    if let Some((shard, _)) = from.iter().find(|(shard, _)| *shard >= shards) {
+        let frame = Frame::error(
+            ErrorCode::SHARD_UNAVAILABLE,
+            format!("this node serves shards 0..{shards}, not {shard}"),
+        );
+        write_frame(&mut send, request_id, &frame, &mut bytes).await;
+        let _ = send.finish();
+        return Some(ErrorCode::SHARD_UNAVAILABLE);
+    }
+    let mut positions: Vec<u64> = (0..shards)
+        .map(|shard| match from.iter().find(|(s, _)| *s == shard) {
+            Some((_, sequence)) => (*sequence).max(1),
+            None => sequencer.events(shard).first_kept(),
+        })
+        .collect();
+    loop {
+        let mut sent = false;
+        for shard in 0..shards {
+            let position = positions[usize::from(shard)];
+            let batches = match sequencer
+                .events(shard)
+                .read(position, SUBSCRIPTION_BATCHES_PER_TURN)
+            {
+                paycore_sequencer::Read::Batches(batches) => batches,
+                paycore_sequencer::Read::Unavailable { oldest_kept } => {
+                    let frame = Frame::error(
+                        ErrorCode::POSITION_UNAVAILABLE,
+                        format!(
+                            "shard {shard}: events before sequence {oldest_kept} are no longer kept; resync from the store"
+                        ),
+                    );
+                    write_frame(&mut send, request_id, &frame, &mut bytes).await;
+                    let _ = send.finish();
+                    return Some(ErrorCode::POSITION_UNAVAILABLE);
+                }
+            };
+            for batch in batches {
+                let mut index = 0;
+                while index < batch.events.len() {
+                    let sequence = batch.events[index].0;
+                    let end = batch.events[index..]
+                        .iter()
+                        .position(|(s, _)| *s != sequence)
+                        .map_or(batch.events.len(), |n| index + n);
+                    if sequence >= position {
+                        let events: Vec<paycore_engine::Event> =
+                            batch.events[index..end].iter().map(|(_, e)| *e).collect();
+                        let total = events.len() as u32;
+                        for (part, chunk) in events
+                            .chunks(paycore_protocol::EVENTS_PER_FRAME_MAX)
+                            .enumerate()
+                        {
+                            let frame = Frame::Events {
+                                shard,
+                                sequence,
+                                timestamp_ns: batch.timestamp_ns,
+                                first_index: (part * paycore_protocol::EVENTS_PER_FRAME_MAX) as u32,
+                                events_total: total,
+                                events: chunk.to_vec(),
+                            };
+                            if !write_frame(&mut send, request_id, &frame, &mut bytes).await {
+                                return None;
+                            }
+                        }
+                    }
+                    index = end;
+                }
+                let last_with_events = batch.events.last().map_or(0, |(s, _)| *s);
+                if last_with_events < batch.last_sequence {
+                    let mark = Frame::Events {
+                        shard,
+                        sequence: batch.last_sequence,
+                        timestamp_ns: batch.timestamp_ns,
+                        first_index: 0,
+                        events_total: 0,
+                        events: Vec::new(),
+                    };
+                    if !write_frame(&mut send, request_id, &mark, &mut bytes).await {
+                        return None;
+                    }
+                }
+                positions[usize::from(shard)] = batch.last_sequence + 1;
+                sent = true;
+            }
+        }
+        if !sent {
+            tokio::time::sleep(Duration::from_millis(SUBSCRIPTION_IDLE_MS)).await;
+        }
     }
 }
 

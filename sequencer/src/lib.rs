@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod events;
 mod reply;
 mod routing;
 mod writer;
@@ -34,6 +35,7 @@ use paycore_engine::{Command, Engine, EngineConfig};
 use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
 use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
 
+pub use events::{EventBatch, EventLog, Read};
 pub use reply::{CommandResult, OnDone};
 pub use routing::{Route, route};
 pub use writer::ShardStats;
@@ -59,6 +61,8 @@ pub struct SequencerConfig {
     /// `None`: no snapshots (tests, benchmarks).
     pub snapshots: Option<SnapshotPolicy>,
     pub recovery: RecoveryOptions,
+    /// Events kept in memory per shard for subscribers (older positions must resync).
+    pub events_kept_max: u64,
 }
 
 impl SequencerConfig {
@@ -73,6 +77,7 @@ impl SequencerConfig {
             engine: EngineConfig::default(),
             snapshots: Some(SnapshotPolicy::default()),
             recovery: RecoveryOptions::default(),
+            events_kept_max: 1 << 20,
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Sequencer {
     rings: Vec<Sender<Request>>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
+    events: Vec<Arc<EventLog>>,
     shard_count: u16,
     ring_capacity: usize,
 }
@@ -127,6 +133,7 @@ impl Sequencer {
         let mut rings = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         let mut stats = Vec::with_capacity(count);
+        let mut events = Vec::with_capacity(count);
         for (durable, internal) in opened.into_iter().zip(internal_receivers) {
             let shard = durable.engine.config().shard;
             let snapshotter = match config.snapshots {
@@ -150,6 +157,10 @@ impl Sequencer {
             };
             let (ring, ring_receiver) = crossbeam_channel::bounded(config.ring_requests_max);
             let shard_stats = Arc::new(ShardStats::default());
+            let shard_events = Arc::new(EventLog::new(
+                durable.engine.last_sequence() + 1,
+                config.events_kept_max,
+            ));
             shard_stats.last_sequence.store(
                 durable.engine.last_sequence(),
                 std::sync::atomic::Ordering::Release,
@@ -165,6 +176,7 @@ impl Sequencer {
                 },
                 stats: shard_stats.clone(),
                 snapshotter,
+                events: shard_events.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
@@ -176,11 +188,13 @@ impl Sequencer {
             rings.push(ring);
             threads.push(thread);
             stats.push(shard_stats);
+            events.push(shard_events);
         }
         Ok(Sequencer {
             rings,
             threads,
             stats,
+            events,
             shard_count: config.shard_count,
             ring_capacity: config.ring_requests_max,
         })
@@ -192,6 +206,11 @@ impl Sequencer {
 
     pub fn stats(&self, shard: u16) -> &ShardStats {
         &self.stats[usize::from(shard)]
+    }
+
+    /// The committed events of a shard, for subscribers.
+    pub fn events(&self, shard: u16) -> &Arc<EventLog> {
+        &self.events[usize::from(shard)]
     }
 
     /// Requests a shard's ring holds before `Busy`.

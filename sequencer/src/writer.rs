@@ -16,6 +16,7 @@ use paycore_engine::codec::encode_command;
 use paycore_engine::{Command, Effects, Engine, ShardMessage};
 use paycore_snapshot::{DurableShard, Snapshotter};
 
+use crate::events::{EventBatch, EventLog};
 use crate::reply::{BatchReply, CommandResult};
 
 /// Commands ahead of the one applied whose wallets are prefetched.
@@ -65,6 +66,7 @@ pub(crate) struct ShardWriter {
     pub config: WriterConfig,
     pub stats: Arc<ShardStats>,
     pub snapshotter: Option<Snapshotter>,
+    pub events: Arc<EventLog>,
 }
 
 fn now_ns() -> u64 {
@@ -225,18 +227,32 @@ impl ShardWriter {
             return;
         }
         // Apply: the batch is durable; now it must all apply.
+        let mut batch_events: Vec<(u64, paycore_engine::Event)> = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             if let Some(ahead) = commands.get(i + PREFETCH_DISTANCE) {
                 self.shard.engine.prefetch(ahead);
             }
+            let sequence = first + i as u64;
+            let events_before = effects.events.len();
             let outcome = self
                 .shard
                 .engine
-                .apply(first + i as u64, timestamp_ns, command, effects);
+                .apply(sequence, timestamp_ns, command, effects);
+            batch_events.extend(
+                effects.events[events_before..]
+                    .iter()
+                    .map(|e| (sequence, *e)),
+            );
             if let Origin::Client { reply, index } = &origins[i] {
                 reply.set(*index, CommandResult::Outcome(outcome));
             }
         }
+        self.events.append(EventBatch {
+            first_sequence: first,
+            last_sequence: first + commands.len() as u64 - 1,
+            timestamp_ns,
+            events: batch_events,
+        });
         for message in effects.messages.drain(..) {
             let (to, command) = match message {
                 ShardMessage::Credit { to_shard, leg } => (to_shard, Command::CreditLeg(leg)),
