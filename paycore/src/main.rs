@@ -5,6 +5,7 @@
 //! (`paycore node`, QUIC listener, journal) arrives with issues 3 and 4, the gateway with 7; no
 //! command here claims to be more than it is.
 
+mod config_file;
 mod snapshot_command;
 
 use paycore::{node, torture};
@@ -31,7 +32,9 @@ enum Action {
     /// Stop it with Ctrl-C (in-flight group commits finish first).
     Up,
     /// Run a core node (shards, journal, snapshots, QUIC listener). Every flag also reads an
-    /// environment variable (PAYCORE_…).
+    /// environment variable (PAYCORE_…), and `--config FILE.toml` (or PAYCORE_CONFIG) may hold
+    /// any of them, keyed by flag name with underscores (`data_dir = "/srv/paycore"`).
+    /// Precedence: flags, then environment, then the file, then the defaults shown.
     Node(node::NodeArgs),
     /// Run one in-process engine shard through a short printed session of real commands (open,
     /// deposit, transfer, a rejected overdraft, hold and capture, exchange): no disk, no network.
@@ -46,7 +49,14 @@ enum Action {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args = match config_file::with_config_file(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)

@@ -28,6 +28,7 @@ const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
+    // `--config FILE` (or PAYCORE_CONFIG) is read before parsing: see `config_file.rs`.
     /// Data folder: shard journals and snapshots, and the embedded TLS certificate.
     #[arg(long, env = "PAYCORE_DATA_DIR", default_value = "./paycore-data")]
     pub data_dir: PathBuf,
