@@ -139,6 +139,7 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             put_u128(out, leg.amount);
             put_code(out, &leg.currency);
             put_u64(out, leg.origin_sequence);
+            put_u128(out, leg.settled_through);
         }
         Command::SettleLeg(leg) => {
             out.push(3);
@@ -415,6 +416,7 @@ impl Reader<'_> {
                 amount: self.u128()?,
                 currency: self.code()?,
                 origin_sequence: self.u64()?,
+                settled_through: self.u128()?,
             })),
             3 => {
                 let transfer = TransferId(self.u128()?);
@@ -711,9 +713,10 @@ mod tests {
         ];
         prop_oneof![
             6 => (key, op).prop_map(|(key, op)| Command::Client { key, op }),
-            1 => (any::<u128>(), any::<u64>(), any::<u64>(), any::<u128>(), arb_code(), any::<u64>())
-                .prop_map(|(t, f, to, amount, currency, origin_sequence)| Command::CreditLeg(CreditLeg {
+            1 => (any::<u128>(), any::<u64>(), any::<u64>(), any::<u128>(), arb_code(), any::<u64>(), any::<u128>())
+                .prop_map(|(t, f, to, amount, currency, origin_sequence, settled_through)| Command::CreditLeg(CreditLeg {
                     transfer: TransferId(t), from: WalletId(f), to: WalletId(to), amount, currency, origin_sequence,
+                    settled_through,
                 })),
             1 => (any::<u128>(), any::<u16>(), any::<u64>(), proptest::option::of(0usize..Reject::ALL.len()))
                 .prop_map(|(t, from_shard, from_sequence, r)| Command::SettleLeg(SettleLeg {

@@ -190,6 +190,10 @@ pub struct CreditLeg {
     pub currency: CurrencyCode,
     /// Sequence number of the debit on the origin shard; legs from one shard arrive in order.
     pub origin_sequence: u64,
+    /// The highest transfer id to this destination whose settlement the origin has applied:
+    /// the destination may forget its credit decisions up to it (it keeps the others, to
+    /// answer a leg the origin sends again after a restart).
+    pub settled_through: u128,
 }
 
 impl CreditLeg {

@@ -88,6 +88,8 @@ impl CurrencyInfo {
 pub(crate) struct PendingLeg {
     pub(crate) from_slot: u32,
     pub(crate) amount: u128,
+    /// The leg as sent, to send it again after a restart.
+    pub(crate) leg: CreditLeg,
 }
 
 /// How to undo one change, for linked groups.
@@ -143,6 +145,12 @@ pub struct Engine {
     pub(crate) credits_seen: Vec<u128>,
     /// Per destination shard, the sequence of the last settle message applied.
     pub(crate) settles_seen: Vec<u64>,
+    /// Per destination shard, the highest transfer id whose settlement this shard applied
+    /// (sent along with every credit leg so the destination can forget older decisions).
+    pub(crate) settled_through: Vec<u128>,
+    /// Credit decisions (refusal reason, or `None` for credited) of legs from other shards that
+    /// their origin has not yet confirmed settling; answers a leg sent again after a restart.
+    pub(crate) decisions: std::collections::BTreeMap<u128, Option<Reject>>,
     pub(crate) idempotency: IdempotencyTable,
     pub(crate) last_sequence: u64,
     pub(crate) last_timestamp_ns: u64,
@@ -171,6 +179,8 @@ impl Engine {
             pending: HashMap::with_hasher(FixedState(config.hash_seed)),
             credits_seen: vec![0u128; shards],
             settles_seen: vec![0; shards],
+            settled_through: vec![0u128; shards],
+            decisions: std::collections::BTreeMap::new(),
             idempotency: IdempotencyTable::new(
                 config.idempotency_window_ns,
                 config.idempotency_entries_max,
@@ -717,13 +727,39 @@ impl Engine {
         if origin >= self.config.shard_count || origin == self.config.shard {
             return Outcome::Rejected(Reject::LegUnknown);
         }
+        // Forget the decisions the origin has confirmed settling.
+        let origin_first = TransferId::new(origin, 0, 0).0;
+        if leg.settled_through >= origin_first {
+            let confirmed: Vec<u128> = self
+                .decisions
+                .range(origin_first..=leg.settled_through)
+                .map(|(t, _)| *t)
+                .collect();
+            for transfer in confirmed {
+                self.decisions.remove(&transfer);
+            }
+        }
+        let sequence = self.last_sequence;
         let seen = &mut self.credits_seen[usize::from(origin)];
         if leg.transfer.0 <= *seen {
+            // Sent again (the origin restarted): answer with the original decision, if the
+            // origin has not confirmed it yet; nothing else changes.
+            if let Some(refused) = self.decisions.get(&leg.transfer.0) {
+                effects.messages.push(ShardMessage::Settle {
+                    to_shard: origin,
+                    leg: SettleLeg {
+                        transfer: leg.transfer,
+                        from_shard: self.config.shard,
+                        from_sequence: sequence,
+                        refused: *refused,
+                    },
+                });
+            }
             return Outcome::Rejected(Reject::LegDuplicate);
         }
         *seen = leg.transfer.0;
-        let sequence = self.last_sequence;
         let refused = self.credit_leg_checks(leg).err();
+        self.decisions.insert(leg.transfer.0, refused);
         effects.messages.push(ShardMessage::Settle {
             to_shard: origin,
             leg: SettleLeg {
@@ -796,6 +832,8 @@ impl Engine {
             return Outcome::Rejected(Reject::LegUnknown);
         };
         *seen = leg.from_sequence;
+        let through = &mut self.settled_through[usize::from(from)];
+        *through = (*through).max(leg.transfer.0);
         // After this point, the settlement must succeed.
         self.change_obligations(pending.from_slot, -1);
         let status = match leg.refused {
@@ -1176,10 +1214,6 @@ impl Engine {
                 self.move_available(from_slot, in_transit, amount, effects);
                 let transfer = self.next_transfer_id();
                 let from = self.wallet_id(from_slot);
-                self.pending
-                    .insert(transfer.0, PendingLeg { from_slot, amount });
-                self.record(Undo::PendingInserted(transfer));
-                self.change_obligations(from_slot, 1);
                 let leg = CreditLeg {
                     transfer,
                     from,
@@ -1187,7 +1221,18 @@ impl Engine {
                     amount,
                     currency: self.currencies[usize::from(cur.0)].code,
                     origin_sequence: self.last_sequence,
+                    settled_through: self.settled_through[usize::from(to.shard())],
                 };
+                self.pending.insert(
+                    transfer.0,
+                    PendingLeg {
+                        from_slot,
+                        amount,
+                        leg,
+                    },
+                );
+                self.record(Undo::PendingInserted(transfer));
+                self.change_obligations(from_slot, 1);
                 effects.messages.push(ShardMessage::Credit {
                     to_shard: to.shard(),
                     leg,
@@ -1435,6 +1480,27 @@ impl Engine {
         self.pending.len()
     }
 
+    /// Credit legs debited here and not yet settled, in transfer order, each with the current
+    /// `settled_through` of its destination: what a restarted node sends again (a destination
+    /// that already applied one answers with its original decision).
+    pub fn pending_credit_legs(&self) -> Vec<CreditLeg> {
+        let mut legs: Vec<CreditLeg> = self
+            .pending
+            .values()
+            .map(|p| CreditLeg {
+                settled_through: self.settled_through[usize::from(p.leg.to.shard())],
+                ..p.leg
+            })
+            .collect();
+        legs.sort_unstable_by_key(|leg| leg.transfer);
+        legs
+    }
+
+    /// Credit decisions kept for origins that have not confirmed them.
+    pub fn credit_decisions_kept(&self) -> usize {
+        self.decisions.len()
+    }
+
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence
     }
@@ -1510,14 +1576,24 @@ impl Engine {
             self.pending.iter().map(|(t, p)| (*t, *p)).collect();
         pending.sort_unstable_by_key(|(t, _)| *t);
         d.u64(pending.len() as u64);
-        for (transfer, leg) in pending {
-            d.u128(transfer).u32(leg.from_slot).u128(leg.amount);
+        for (transfer, pending) in pending {
+            d.u128(transfer).u32(pending.from_slot).u128(pending.amount);
+            d.u64(pending.leg.to.0)
+                .code(&pending.leg.currency)
+                .u64(pending.leg.origin_sequence);
         }
         for seen in &self.credits_seen {
             d.u128(*seen);
         }
         for seen in &self.settles_seen {
             d.u64(*seen);
+        }
+        for through in &self.settled_through {
+            d.u128(*through);
+        }
+        d.u64(self.decisions.len() as u64);
+        for (transfer, refused) in &self.decisions {
+            d.u128(*transfer).u8(refused.map_or(0, |r| r as u8));
         }
         d.u64(self.idempotency.len() as u64);
         for (key, entry) in self.idempotency.iter() {

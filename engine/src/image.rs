@@ -14,6 +14,7 @@ use crate::currency::{CurrencyCode, CurrencyId, minor_units_max};
 use crate::engine::{CurrencyInfo, Engine, EngineConfig, PendingLeg};
 use crate::hold::Hold;
 use crate::ids::{HoldId, UserId, WalletId};
+use crate::outcome::Reject;
 use crate::velocity::VelocityWindow;
 use crate::wallet::{NO_VELOCITY, SystemRole, Wallet, WalletKind, WalletStatus};
 
@@ -38,6 +39,9 @@ pub struct EngineImage {
     pub pending: Vec<PendingImage>,
     pub credits_seen: Vec<u128>,
     pub settles_seen: Vec<u64>,
+    pub settled_through: Vec<u128>,
+    /// (transfer, 0 for credited or the refusal's number).
+    pub decisions: Vec<(u128, u8)>,
     /// Idempotency records oldest first; their keys concatenated in `idempotency_keys`.
     pub idempotency: Vec<IdempotencyImage>,
     pub idempotency_keys: Vec<u8>,
@@ -83,6 +87,10 @@ pub struct PendingImage {
     pub transfer: u128,
     pub from_slot: u32,
     pub amount: u128,
+    pub to: u64,
+    pub currency: [u8; 10],
+    pub currency_len: u8,
+    pub origin_sequence: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -132,10 +140,19 @@ impl Engine {
         let mut pending: Vec<PendingImage> = self
             .pending
             .iter()
-            .map(|(t, p)| PendingImage {
-                transfer: *t,
-                from_slot: p.from_slot,
-                amount: p.amount,
+            .map(|(t, p)| {
+                let code = p.leg.currency.as_bytes();
+                let mut currency = [0u8; 10];
+                currency[..code.len()].copy_from_slice(code);
+                PendingImage {
+                    transfer: *t,
+                    from_slot: p.from_slot,
+                    amount: p.amount,
+                    to: p.leg.to.0,
+                    currency,
+                    currency_len: code.len() as u8,
+                    origin_sequence: p.leg.origin_sequence,
+                }
             })
             .collect();
         pending.sort_unstable_by_key(|p| p.transfer);
@@ -200,6 +217,12 @@ impl Engine {
             pending,
             credits_seen: self.credits_seen.clone(),
             settles_seen: self.settles_seen.clone(),
+            settled_through: self.settled_through.clone(),
+            decisions: self
+                .decisions
+                .iter()
+                .map(|(t, r)| (*t, r.map_or(0, |r| r as u8)))
+                .collect(),
             idempotency,
             idempotency_keys,
         }
@@ -223,7 +246,10 @@ impl Engine {
             return invalid("idempotency window differs from the configuration");
         }
         let shards = usize::from(config.shard_count);
-        if image.credits_seen.len() != shards || image.settles_seen.len() != shards {
+        if image.credits_seen.len() != shards
+            || image.settles_seen.len() != shards
+            || image.settled_through.len() != shards
+        {
             return invalid("per-shard counters have the wrong length");
         }
         let mut engine = Engine::new(config);
@@ -346,11 +372,27 @@ impl Engine {
                 return invalid("pending transfer from an unknown wallet");
             }
             obligations[p.from_slot as usize] += 1;
+            let currency = p
+                .currency
+                .get(..usize::from(p.currency_len))
+                .and_then(|code| CurrencyCode::from_bytes(code).ok())
+                .ok_or_else(|| ImageError("pending transfer currency".into()))?;
+            let transfer = crate::ids::TransferId(p.transfer);
+            let leg = crate::command::CreditLeg {
+                transfer,
+                from: WalletId::new(engine.config.shard, u64::from(p.from_slot)),
+                to: WalletId(p.to),
+                amount: p.amount,
+                currency,
+                origin_sequence: p.origin_sequence,
+                settled_through: 0,
+            };
             engine.pending.insert(
                 p.transfer,
                 PendingLeg {
                     from_slot: p.from_slot,
                     amount: p.amount,
+                    leg,
                 },
             );
         }
@@ -363,6 +405,17 @@ impl Engine {
         }
         engine.credits_seen = image.credits_seen.clone();
         engine.settles_seen = image.settles_seen.clone();
+        engine.settled_through = image.settled_through.clone();
+        for (transfer, refused) in &image.decisions {
+            let refused = match refused {
+                0 => None,
+                code => Some(
+                    Reject::from_u8(*code)
+                        .ok_or_else(|| ImageError(format!("decision reason {code}")))?,
+                ),
+            };
+            engine.decisions.insert(*transfer, refused);
+        }
         let mut offset = 0usize;
         for entry in &image.idempotency {
             let end = offset + usize::from(entry.key_len);

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
+use paycore_engine::SettleLeg as ShardSettle;
 use paycore_engine::{
     Applied, Command, CreditLeg, CurrencyCode, Effects, Engine, EngineConfig, Event, Hold, HoldId,
     IdempotencyKey, Op, Outcome, Rate, Reject, ReleaseReason, ShardMessage, SystemRole, Tier,
@@ -360,6 +361,17 @@ impl Node {
                         ));
                     }
                 }
+                // A duplicate credit leg may answer with its original decision (see
+                // `Sim::duplicate`), never with anything else.
+                Command::CreditLeg(leg) => assert!(
+                    fx.messages.iter().all(|m| matches!(
+                        m,
+                        ShardMessage::Settle { leg: ShardSettle { transfer, .. }, .. }
+                            if *transfer == leg.transfer
+                    )) && fx.messages.len() <= 1,
+                    "duplicate {command:?} sent {:?}",
+                    fx.messages
+                ),
                 _ => assert!(fx.messages.is_empty(), "rejected {command:?} sent messages"),
             }
         }
@@ -940,7 +952,16 @@ impl Sim {
             Outcome::Rejected(Reject::LegDuplicate),
             "redelivery of {message:?}"
         );
-        assert!(done.messages.is_empty() && done.events.is_empty());
+        assert!(done.events.is_empty());
+        match (&message, done.messages.as_slice()) {
+            (_, []) => {}
+            // A credit leg sent again is answered with its original decision (for an origin
+            // that restarted), until the origin confirms having settled it.
+            (ShardMessage::Credit { leg, .. }, [ShardMessage::Settle { leg: settle, .. }]) => {
+                assert_eq!(settle.transfer, leg.transfer, "answer to another transfer");
+            }
+            (_, other) => panic!("redelivery of {message:?} sent {other:?}"),
+        }
         assert_eq!(node.snapshot(), before, "a duplicate leg changed state");
     }
 
@@ -1831,6 +1852,7 @@ fn refund_is_credited_even_past_the_maximum() {
         amount: 10,
         currency: code("JPY"),
         origin_sequence: 5,
+        settled_through: 0,
     };
     assert!(apply(&mut e0, Command::CreditLeg(incoming), &mut fx).is_ok());
     assert_eq!(e0.wallet(w).unwrap().available, max as i128);
@@ -2050,6 +2072,7 @@ fn legs_from_unknown_shards_or_for_unknown_transfers_are_refused() {
         amount: 1,
         currency: code("USD"),
         origin_sequence: 7,
+        settled_through: 0,
     };
     let settle = |from_shard: u16, from_sequence| paycore_engine::SettleLeg {
         transfer: paycore_engine::TransferId::new(1, 3, 0),
@@ -2081,11 +2104,26 @@ fn legs_from_unknown_shards_or_for_unknown_transfers_are_refused() {
         [ShardMessage::Settle { to_shard: 2, leg: s }]
             if s.refused == Some(Reject::WalletNotFound) && s.from_shard == 1 && s.from_sequence == 10
     ));
-    // Its redelivery is a duplicate, unanswered.
+    // Its redelivery is a duplicate, answered again with the original decision (the origin may
+    // have restarted before it applied the first answer).
     fx.clear();
     let outcome = e.apply(11, T0, &Command::CreditLeg(leg(2)), &mut fx);
     assert_eq!(outcome, Outcome::Rejected(Reject::LegDuplicate));
+    assert!(matches!(
+        fx.messages.as_slice(),
+        [ShardMessage::Settle { to_shard: 2, leg: s }]
+            if s.refused == Some(Reject::WalletNotFound) && s.from_sequence == 11
+    ));
+    // Once the origin confirms having settled it, the decision is forgotten: no answer.
+    fx.clear();
+    let confirmed = CreditLeg {
+        settled_through: leg(2).transfer.0,
+        ..leg(2)
+    };
+    let outcome = e.apply(12, T0, &Command::CreditLeg(confirmed), &mut fx);
+    assert_eq!(outcome, Outcome::Rejected(Reject::LegDuplicate));
     assert!(fx.messages.is_empty());
+    assert_eq!(e.credit_decisions_kept(), 0);
 }
 
 /// `Reject::WrongShard`: "The user, wallet or hold belongs to another shard: the command was

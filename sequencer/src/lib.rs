@@ -14,9 +14,8 @@
 //!   internal channel and is journaled there; its `SettleLeg` comes back the same way.
 //! - Snapshots: each shard has a replica snapshotter; journal segments it covers are archived.
 //!
-//! Not yet (issue 4 continues): redelivery of legs still in flight across a restart (the legs
-//! are in the journals; the engines need a settle-decision table to answer redelivered legs), a
-//! network front (QUIC), event subscriptions.
+//! - Restarts: legs debited and not settled are sent again at start; a destination that applied
+//!   one already answers with its recorded decision, so every transfer settles exactly once.
 
 #![forbid(unsafe_code)]
 
@@ -134,6 +133,16 @@ impl Sequencer {
         let mut threads = Vec::with_capacity(count);
         let mut stats = Vec::with_capacity(count);
         let mut events = Vec::with_capacity(count);
+        // Legs debited before the last stop and not settled: send them again. A destination
+        // that already applied one answers with its original decision (engine `decisions`).
+        for durable in &opened {
+            for leg in durable.engine.pending_credit_legs() {
+                let to = usize::from(leg.to.shard());
+                if let Some(sender) = internal_senders.get(to) {
+                    let _ = sender.send(Command::CreditLeg(leg));
+                }
+            }
+        }
         for (durable, internal) in opened.into_iter().zip(internal_receivers) {
             let shard = durable.engine.config().shard;
             let snapshotter = match config.snapshots {

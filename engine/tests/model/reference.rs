@@ -100,6 +100,10 @@ pub struct Model {
     pub pending: BTreeMap<u128, (u64, u128)>,
     pub credited: BTreeSet<u128>,
     pub settled: BTreeSet<u128>,
+    /// Credit decisions not yet confirmed by their origin (see `CreditLeg::settled_through`).
+    pub decisions: BTreeMap<u128, Option<Reject>>,
+    /// Per destination shard, the highest transfer id settled here.
+    pub settled_through: BTreeMap<u16, u128>,
     /// key -> (timestamp, first op, first outcome).
     pub keys: BTreeMap<Vec<u8>, (u64, Op, Outcome)>,
     /// Keys in the order they were recorded (oldest first), for eviction.
@@ -135,6 +139,8 @@ impl Model {
             pending: BTreeMap::new(),
             credited: BTreeSet::new(),
             settled: BTreeSet::new(),
+            decisions: BTreeMap::new(),
+            settled_through: BTreeMap::new(),
             keys: BTreeMap::new(),
             key_order: VecDeque::new(),
             seq: 0,
@@ -550,6 +556,7 @@ impl Model {
                     amount,
                     currency: self.currencies[currency].code,
                     origin_sequence: self.seq,
+                    settled_through: self.settled_through.get(&to.shard()).copied().unwrap_or(0),
                 };
                 self.messages.push(ShardMessage::Credit {
                     to_shard: to.shard(),
@@ -864,10 +871,26 @@ impl Model {
         if origin >= self.cfg.shards || origin == self.cfg.shard {
             return Outcome::Rejected(Reject::LegUnknown);
         }
+        // The origin confirmed settling everything of its own up to `settled_through`.
+        let origin_first = TransferId::new(origin, 0, 0).0;
+        self.decisions
+            .retain(|t, _| !(*t >= origin_first && *t <= leg.settled_through));
         if !self.credited.insert(leg.transfer.0) {
+            if let Some(refused) = self.decisions.get(&leg.transfer.0) {
+                self.messages.push(ShardMessage::Settle {
+                    to_shard: origin,
+                    leg: SettleLeg {
+                        transfer: leg.transfer,
+                        from_shard: self.cfg.shard,
+                        from_sequence: self.seq,
+                        refused: *refused,
+                    },
+                });
+            }
             return Outcome::Rejected(Reject::LegDuplicate);
         }
         let refused = self.credit_checks(leg).err();
+        self.decisions.insert(leg.transfer.0, refused);
         self.messages.push(ShardMessage::Settle {
             to_shard: origin,
             leg: SettleLeg {
@@ -924,6 +947,8 @@ impl Model {
             return Outcome::Rejected(Reject::LegUnknown);
         };
         self.settled.insert(leg.transfer.0);
+        let through = self.settled_through.entry(from).or_insert(0);
+        *through = (*through).max(leg.transfer.0);
         self.wm(slot).obligations -= 1;
         if leg.refused.is_some() {
             let in_transit = self.in_transit(self.w(slot).currency);
