@@ -143,6 +143,7 @@ pub fn arb_internal_command() -> impl Strategy<Value = Command> {
                     amount,
                     currency,
                     origin_sequence,
+                    settled_through: t / 2,
                 })
             }),
         (
