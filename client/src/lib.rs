@@ -36,6 +36,9 @@ pub struct ClientConfig {
     pub server_name: String,
     /// DER certificate to trust (the node's self-signed one, or the CA of a real deployment).
     pub trust_der_path: PathBuf,
+    /// Instead of the file: trust exactly the certificate with this SHA-256 fingerprint (the
+    /// node prints it at start). Takes precedence over `trust_der_path` when set.
+    pub trust_sha256: Option<[u8; 32]>,
     /// Timeout of one attempt of one request.
     pub request_timeout_ms: u64,
     /// Extra attempts for commands answered busy / shard unavailable.
@@ -50,6 +53,7 @@ impl ClientConfig {
             server,
             server_name: "localhost".into(),
             trust_der_path,
+            trust_sha256: None,
             request_timeout_ms: 10_000,
             retries_max: 5,
             retry_backoff_ms: 2,
@@ -95,10 +99,108 @@ pub fn quic_client_config(
     quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|e| e.to_string())
 }
 
+/// SHA-256 of a certificate's DER bytes: its fingerprint.
+pub fn fingerprint(certificate: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Parses a fingerprint written as 64 hex digits (colons allowed between bytes).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Trusts exactly one certificate, by fingerprint; handshake signatures are still checked.
+#[derive(Debug)]
+struct PinnedCertificate {
+    sha256: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity.as_ref()) == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the node's certificate fingerprint does not match".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The QUIC client configuration that trusts exactly the certificate with `sha256`.
+pub fn quic_client_config_pinned(sha256: [u8; 32]) -> Result<quinn::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate { sha256, provider }))
+        .with_no_client_auth();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
 impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let certificate = read_certificate(&config.trust_der_path)?;
-        let quic = quic_client_config(certificate).map_err(|reason| ClientError::Certificate {
+        let quic = match config.trust_sha256 {
+            Some(sha256) => quic_client_config_pinned(sha256),
+            None => quic_client_config(read_certificate(&config.trust_der_path)?),
+        }
+        .map_err(|reason| ClientError::Certificate {
             path: config.trust_der_path.clone(),
             reason,
         })?;

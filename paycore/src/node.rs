@@ -122,6 +122,8 @@ pub struct Node {
     pub endpoint: quinn::Endpoint,
     pub sequencer: Arc<Sequencer>,
     pub trust_path: PathBuf,
+    /// SHA-256 of the served certificate, hex: what a client may pin instead of the file.
+    pub fingerprint: String,
     pub listen: SocketAddr,
 }
 
@@ -129,6 +131,11 @@ pub struct Node {
 pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (cert, key, trust_path) = tls_identity(args)?;
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let config = sequencer_config(args);
     let sequencer = Arc::new(Sequencer::start(config).map_err(|e| e.to_string())?);
     let mut server =
@@ -157,6 +164,7 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
         endpoint,
         sequencer,
         trust_path,
+        fingerprint,
         listen,
     })
 }
@@ -171,11 +179,12 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
     runtime.block_on(async {
         let node = start_node(&args)?;
         println!(
-            "paycore node: {} shard(s), data in {}, QUIC on {} (trust {}), durability {}",
+            "paycore node: {} shard(s), data in {}, QUIC on {} (trust {} or sha256 {}), durability {}",
             node.sequencer.shard_count(),
             args.data_dir.display(),
             node.listen,
             node.trust_path.display(),
+            node.fingerprint,
             args.durability
         );
         wait_for_signal().await;

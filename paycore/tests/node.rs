@@ -374,3 +374,29 @@ async fn event_subscription_in_order_and_resumable() {
     stop_sequencer(node.sequencer).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_may_pin_the_certificate_fingerprint() {
+    let dir = data_dir("pin");
+    let node = start_node(&args(&dir, 1)).expect("node starts");
+    let pinned =
+        paycore_client::parse_fingerprint(&node.fingerprint).expect("node prints a fingerprint");
+    let mut config = ClientConfig::new(node.listen, dir.join("no-such-file.der"));
+    config.trust_sha256 = Some(pinned);
+    let client = Client::connect(config.clone())
+        .await
+        .expect("the pinned certificate is trusted");
+    assert!(matches!(
+        client.query(Query::Status).await,
+        Ok(QueryResult::Status(_))
+    ));
+    client.close();
+    let mut wrong = pinned;
+    wrong[0] ^= 1;
+    config.trust_sha256 = Some(wrong);
+    let refused = Client::connect(config).await;
+    assert!(refused.is_err(), "another fingerprint must not be trusted");
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
