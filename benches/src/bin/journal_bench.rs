@@ -137,9 +137,13 @@ fn append(args: &Args) {
         "| sync | group size | records/s | MB/s | commits/s | commit p50 | commit p99 | commits/s vs raw fdatasync/s |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (method, group) in [SyncMethod::Fdatasync, SyncMethod::Msync]
-        .into_iter()
-        .flat_map(|m| [1usize, 16, 256, 4096].map(|g| (m, g)))
+    for (method, group) in [
+        SyncMethod::Fdatasync,
+        SyncMethod::Msync,
+        SyncMethod::PwriteFdatasync,
+    ]
+    .into_iter()
+    .flat_map(|m| [1usize, 16, 256, 4096].map(|g| (m, g)))
     {
         let journal_dir = dir.join(format!("g{group}"));
         fresh(&journal_dir);
