@@ -15,13 +15,39 @@ pub(crate) trait Sink {
     fn int(&mut self, value: u128, width: usize);
 }
 
-impl Sink for Xxh3 {
+/// xxh3-128 fed through a 4 KiB buffer: the state hash writes millions of small fields, and one
+/// streaming update per field costs several times the hashing itself. The byte stream (and so
+/// the hash) is exactly the same as feeding the fields one by one.
+pub(crate) struct BufferedXxh3 {
+    hasher: Xxh3,
+    buffer: Box<[u8; STATE_HASH_BUFFER_BYTES]>,
+    len: usize,
+}
+
+const STATE_HASH_BUFFER_BYTES: usize = 4096;
+
+impl BufferedXxh3 {
+    fn flush(&mut self) {
+        self.hasher.update(&self.buffer[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Sink for BufferedXxh3 {
     fn update(&mut self, bytes: &[u8]) {
-        Xxh3::update(self, bytes);
+        if self.len + bytes.len() > STATE_HASH_BUFFER_BYTES {
+            self.flush();
+        }
+        if bytes.len() > STATE_HASH_BUFFER_BYTES {
+            self.hasher.update(bytes);
+        } else {
+            self.buffer[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
     }
 
     fn int(&mut self, value: u128, width: usize) {
-        Xxh3::update(self, &value.to_le_bytes()[..width]);
+        self.update(&value.to_le_bytes()[..width]);
     }
 }
 
@@ -64,7 +90,7 @@ impl Sink for Fingerprint {
     }
 }
 
-pub(crate) struct Digest<S: Sink = Xxh3>(S);
+pub(crate) struct Digest<S: Sink = BufferedXxh3>(S);
 
 impl<S: Sink> std::fmt::Debug for Digest<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,13 +98,18 @@ impl<S: Sink> std::fmt::Debug for Digest<S> {
     }
 }
 
-impl Digest<Xxh3> {
+impl Digest<BufferedXxh3> {
     pub(crate) fn new() -> Self {
-        Digest(Xxh3::new())
+        Digest(BufferedXxh3 {
+            hasher: Xxh3::new(),
+            buffer: Box::new([0; STATE_HASH_BUFFER_BYTES]),
+            len: 0,
+        })
     }
 
-    pub(crate) fn finish_128(&self) -> u128 {
-        self.0.digest128()
+    pub(crate) fn finish_128(&mut self) -> u128 {
+        self.0.flush();
+        self.0.hasher.digest128()
     }
 }
 
@@ -131,5 +162,29 @@ impl<S: Sink> Digest<S> {
 
     pub(crate) fn code(&mut self, code: &CurrencyCode) -> &mut Self {
         self.bytes(code.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffering_does_not_change_the_hash() {
+        let mut buffered = Digest::new();
+        let mut plain = Xxh3::new();
+        for i in 0..20_000u64 {
+            buffered.u64(i).u8(i as u8).u128(u128::from(i) << 70);
+            plain.update(&i.to_le_bytes());
+            plain.update(&[i as u8]);
+            plain.update(&(u128::from(i) << 70).to_le_bytes());
+            if i % 997 == 0 {
+                let long = vec![i as u8; 5000];
+                buffered.bytes(&long);
+                plain.update(&(long.len() as u64).to_le_bytes());
+                plain.update(&long);
+            }
+        }
+        assert_eq!(buffered.finish_128(), plain.digest128());
     }
 }

@@ -255,6 +255,10 @@ impl Engine {
         let mut engine = Engine::new(config);
         engine.last_sequence = image.last_sequence;
         engine.last_timestamp_ns = image.last_timestamp_ns;
+        // Sized up front: growing a 10 M-entry index (and wallet vector) while loading costs
+        // rehashes and copies on the restart path.
+        engine.wallets.reserve_exact(image.wallets.len());
+        engine.user_index.reserve(image.wallets.len(), |_| 0);
         for c in &image.currencies {
             let code = CurrencyCode::from_bytes(&c.code).map_err(|e| ImageError(e.to_string()))?;
             if c.scale > crate::currency::CURRENCY_SCALE_MAX {
@@ -310,15 +314,31 @@ impl Engine {
                 velocity: w.velocity,
             });
             if kind == WalletKind::User && status != WalletStatus::Closed {
-                if engine
-                    .find_user_wallet(UserId(w.user), CurrencyId(w.currency))
-                    .is_some()
-                {
-                    return invalid(format!(
-                        "two open wallets of one user in one currency (slot {slot})"
-                    ));
+                // One probe: find the (user, currency) slot or insert this wallet there.
+                let seed = engine.config.hash_seed;
+                let hash = crate::hashing::user_currency_hash(seed, w.user, w.currency);
+                let wallets = &engine.wallets;
+                let entry = engine.user_index.entry(
+                    hash,
+                    |&s| {
+                        let other = &wallets[s as usize];
+                        other.user.0 == w.user && other.currency.0 == w.currency
+                    },
+                    |&s| {
+                        let other = &wallets[s as usize];
+                        crate::hashing::user_currency_hash(seed, other.user.0, other.currency.0)
+                    },
+                );
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(_) => {
+                        return invalid(format!(
+                            "two open wallets of one user in one currency (slot {slot})"
+                        ));
+                    }
+                    hashbrown::hash_table::Entry::Vacant(vacant) => {
+                        vacant.insert(slot as u32);
+                    }
                 }
-                engine.index_insert(slot as u32);
             }
         }
         if let Some(currency) = sums.iter().position(|s| *s != 0) {

@@ -74,6 +74,9 @@ pub struct RecoveryReport {
     pub replayed: u64,
     pub journal: Recovered,
     pub elapsed_ms: u64,
+    /// Of which: loading and validating the snapshot, and replaying the journal after it.
+    pub snapshot_load_ms: u64,
+    pub replay_ms: u64,
 }
 
 /// One shard, recovered and ready to append.
@@ -170,6 +173,7 @@ pub fn open_shard(
         Some((engine, sequence, path)) => (engine, Some((sequence, path))),
         None => (Engine::new(engine_config), None),
     };
+    let snapshot_load_ms = started.elapsed().as_millis() as u64;
     let needed = engine.last_sequence() + 1;
     let mut journal = journal;
     if journal.segments.is_empty() {
@@ -185,6 +189,7 @@ pub fn open_shard(
     }
 
     let mut reader = JournalReader::new(storage.clone(), needed, None);
+    let replay_started = Instant::now();
     let mut batch = ReplayBatch::default();
     let mut replayed = 0u64;
     loop {
@@ -200,6 +205,7 @@ pub fn open_shard(
         "replay stopped early"
     );
 
+    let replay_ms = replay_started.elapsed().as_millis() as u64;
     let journal_writer = JournalWriter::open(storage, journal_config, &journal)?;
     let report = RecoveryReport {
         snapshot,
@@ -207,6 +213,8 @@ pub fn open_shard(
         replayed,
         journal,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        snapshot_load_ms,
+        replay_ms,
     };
     tracing::info!(
         shard,

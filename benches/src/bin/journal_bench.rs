@@ -267,8 +267,11 @@ fn restart(args: &Args) {
         let elapsed = started.elapsed();
         assert_eq!(shard.engine.state_hash(), expected, "restart state");
         println!(
-            "restart {run}: {elapsed:?} (replayed {} records; recovery report {} ms)",
-            shard.report.replayed, shard.report.elapsed_ms
+            "restart {run}: {elapsed:?} (replayed {} records; recovery report {} ms: snapshot load {} ms, replay {} ms)",
+            shard.report.replayed,
+            shard.report.elapsed_ms,
+            shard.report.snapshot_load_ms,
+            shard.report.replay_ms
         );
     }
     // Replay speed from the same journal: read + decode + apply, no snapshot load.
