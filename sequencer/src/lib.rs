@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use paycore_engine::{Command, Engine, EngineConfig};
+use paycore_engine::{Command, Engine, EngineConfig, LINKED_OPS_MAX, Op, Outcome, Reject};
 use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
 use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
 
@@ -256,9 +256,18 @@ impl Sequencer {
         for (index, command) in commands.into_iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(DISCARD - 1);
             let Command::Client { op, .. } = &command else {
-                refused.push(index);
+                refused.push((index, CommandResult::ShardUnavailable));
                 continue;
             };
+            // A group the journal codec cannot encode (nested, or over 64 operations) never
+            // reaches a shard: the engine would refuse it anyway.
+            if let Op::Linked(ops) = op
+                && (ops.len() > LINKED_OPS_MAX || ops.iter().any(|o| matches!(o, Op::Linked(_))))
+            {
+                let invalid = Outcome::Rejected(Reject::LinkedGroupInvalid);
+                refused.push((index, CommandResult::Outcome(invalid)));
+                continue;
+            }
             match route(op, self.shard_count) {
                 Route::One(shard) => parts[usize::from(shard)].push((index, command)),
                 Route::All => {
@@ -270,8 +279,8 @@ impl Sequencer {
         }
         let used = parts.iter().filter(|p| !p.is_empty()).count();
         let reply = BatchReply::new(total.max(1), used + 1, on_done);
-        for index in refused {
-            reply.set(index, CommandResult::ShardUnavailable);
+        for (index, result) in refused {
+            reply.set(index, result);
         }
         for (shard, part) in parts.into_iter().enumerate() {
             if part.is_empty() {

@@ -363,3 +363,35 @@ fn legs_in_flight_at_a_stop_settle_after_the_restart() {
     sequencer.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_linked_group_the_journal_cannot_encode_is_refused_not_fatal() {
+    let dir = data_dir("nested");
+    let sequencer = Sequencer::start(config(&dir, 1)).expect("start");
+    let wallets = set_up(&sequencer, 2, 100);
+    let transfer = Op::Transfer {
+        from: wallets[0],
+        to: wallets[1],
+        amount: 1,
+        currency: usd(),
+    };
+    let nested = client(
+        "nested",
+        Op::Linked(vec![Op::Linked(vec![transfer.clone()])]),
+    );
+    let long = client("long", Op::Linked(vec![transfer.clone(); 65]));
+    let fine = client("fine", Op::Linked(vec![transfer]));
+    let results = sequencer
+        .submit_wait(vec![nested, long, fine], WAIT)
+        .expect("answered");
+    let invalid = CommandResult::Outcome(Outcome::Rejected(Reject::LinkedGroupInvalid));
+    assert_eq!(results[0], invalid);
+    assert_eq!(results[1], invalid);
+    assert!(
+        outcome(results[2]).is_ok(),
+        "the shard is still writing: {:?}",
+        results[2]
+    );
+    sequencer.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
