@@ -25,6 +25,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one connection may have open at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// Request bytes one connection may have buffered at once (frames being read and answered):
+/// a client opening many streams of large frames waits instead of exhausting memory.
+const CONNECTION_REQUEST_BYTES_MAX: usize = 64 << 20;
+/// Connections served at once; more are refused at the handshake.
+const CONNECTIONS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -149,14 +154,21 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
     let listen = endpoint.local_addr().map_err(|e| e.to_string())?;
     let accept = endpoint.clone();
     let serving = sequencer.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                tracing::warn!("{CONNECTIONS_MAX} connections open; refusing another");
+                incoming.refuse();
+                continue;
+            };
             let sequencer = serving.clone();
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(connection) => serve_connection(connection, sequencer).await,
                     Err(error) => tracing::debug!(%error, "handshake failed"),
                 }
+                drop(slot);
             });
         }
     });
@@ -236,13 +248,15 @@ async fn wait_for_signal() {
 }
 
 async fn serve_connection(connection: quinn::Connection, sequencer: Arc<Sequencer>) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_REQUEST_BYTES_MAX));
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
                 let sequencer = sequencer.clone();
                 let connection = connection.clone();
+                let budget = budget.clone();
                 tokio::spawn(async move {
-                    if let Some(code) = serve_stream(send, recv, sequencer).await
+                    if let Some(code) = serve_stream(send, recv, sequencer, budget).await
                         && code.closes_connection()
                     {
                         connection.close(u32::from(code.0).into(), code.name().as_bytes());
@@ -259,23 +273,35 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     sequencer: Arc<Sequencer>,
+    budget: Arc<tokio::sync::Semaphore>,
 ) -> Option<ErrorCode> {
-    let (request_id, answer) = match recv.read_to_end(FRAME_BYTES_MAX).await {
-        Err(quinn::ReadToEndError::TooLong) => (
-            0,
-            Frame::error(
-                ErrorCode::FRAME_TOO_LARGE,
-                format!("frames are at most {FRAME_BYTES_MAX} bytes"),
-            ),
-        ),
-        Err(_) => return None,
-        Ok(bytes) => match decode(&bytes) {
+    // The length prefix first: it says how much memory the frame needs, before any is taken.
+    let mut prefix = [0u8; 4];
+    if recv.read_exact(&mut prefix).await.is_err() {
+        return None;
+    }
+    let frame_bytes = 4 + u32::from_le_bytes(prefix) as usize;
+    let (request_id, answer) = if frame_bytes > FRAME_BYTES_MAX {
+        let message = format!("frames are at most {FRAME_BYTES_MAX} bytes, not {frame_bytes}");
+        (0, Frame::error(ErrorCode::FRAME_TOO_LARGE, message))
+    } else {
+        // Waits while this connection's other requests hold its memory budget.
+        let Ok(permit) = budget.acquire_many(frame_bytes as u32).await else {
+            return None;
+        };
+        let mut bytes = vec![0u8; frame_bytes];
+        bytes[..4].copy_from_slice(&prefix);
+        if recv.read_exact(&mut bytes[4..]).await.is_err() {
+            return None;
+        }
+        match decode(&bytes) {
             Err(error) => (error.request_id.unwrap_or(0), error.to_frame()),
             Ok((id, Frame::Subscribe { from })) => {
+                drop((bytes, permit));
                 return subscribe(send, id, from, &sequencer).await;
             }
             Ok((id, frame)) => (id, answer(frame, &sequencer).await),
-        },
+        }
     };
     let code = match &answer {
         Frame::Error { code, .. } => Some(*code),

@@ -274,6 +274,22 @@ async fn malformed_frames_get_an_error_frame_and_the_connection_closes() {
     // The node closes the connection after a malformed frame.
     let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
     assert!(closed.is_ok(), "connection still open");
+    // A length prefix past the limit is refused from its 4 bytes, before anything is buffered.
+    let connection = endpoint
+        .connect(node.listen, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    send.write_all(&(1u32 << 30).to_le_bytes())
+        .await
+        .expect("write");
+    let answer = recv.read_to_end(1 << 20).await.expect("answer");
+    let (_, frame) = paycore_protocol::decode(&answer).expect("an error frame decodes");
+    assert!(
+        matches!(frame, paycore_protocol::Frame::Error { code, .. } if code == paycore_protocol::ErrorCode::FRAME_TOO_LARGE),
+        "{frame:?}"
+    );
     // And it keeps serving others.
     let client = client(node.listen, &dir).await;
     assert!(matches!(
