@@ -53,15 +53,17 @@ pub struct NodeArgs {
     /// Most commands per group commit.
     #[arg(long, env = "PAYCORE_BATCH_COMMANDS_MAX", default_value_t = 8192)]
     pub batch_commands_max: usize,
-    /// Snapshot each shard after this many commands...
+    /// Snapshot each shard after this many commands... (a snapshot of a large shard costs
+    /// seconds of a core and of disk beside the writers: fewer snapshots mean a shorter
+    /// latency tail, more journal to replay at restart — about 1.5 M records/s)
     #[arg(
         long,
         env = "PAYCORE_SNAPSHOT_EVERY_RECORDS",
-        default_value_t = 1_000_000
+        default_value_t = 20_000_000
     )]
     pub snapshot_every_records: u64,
     /// ...or after this many seconds with new commands.
-    #[arg(long, env = "PAYCORE_SNAPSHOT_EVERY_SECS", default_value_t = 60)]
+    #[arg(long, env = "PAYCORE_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
     pub snapshot_every_secs: u64,
     /// TLS certificate (DER) for real deployments; with `--key`.
     #[arg(long, env = "PAYCORE_CERT", requires = "key")]

@@ -97,8 +97,8 @@ pub struct SnapshotPolicy {
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         SnapshotPolicy {
-            every_records: 1_000_000,
-            every_ms: 60_000,
+            every_records: 20_000_000,
+            every_ms: 300_000,
             keep: 2,
         }
     }
