@@ -52,6 +52,11 @@ impl CurrencyCode {
         })
     }
 
+    /// The code's fixed-size storage (zero padded) and its length.
+    pub(crate) fn raw(&self) -> (&[u8; CURRENCY_CODE_BYTES_MAX], u8) {
+        (&self.bytes, self.len)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }

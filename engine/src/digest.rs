@@ -13,6 +13,11 @@ pub(crate) trait Sink {
     fn update(&mut self, bytes: &[u8]);
     /// An integer `width` bytes wide (1, 2, 4, 8 or 16).
     fn int(&mut self, value: u128, width: usize);
+    /// A currency code: by default its length (as a u64) then its bytes.
+    fn code(&mut self, bytes: &[u8; 10], len: u8) {
+        self.int(u128::from(len), 8);
+        self.update(&bytes[..usize::from(len)]);
+    }
 }
 
 /// xxh3-128 fed through a 4 KiB buffer: the state hash writes millions of small fields, and one
@@ -88,6 +93,14 @@ impl Sink for Fingerprint {
             self.word((value >> 64) as u64);
         }
     }
+
+    /// Two words straight from the zero-padded storage: no copy through a byte buffer.
+    fn code(&mut self, bytes: &[u8; 10], len: u8) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&bytes[..8]);
+        self.word(u64::from_le_bytes(head));
+        self.word(u64::from(bytes[8]) | u64::from(bytes[9]) << 8 | u64::from(len) << 16);
+    }
 }
 
 pub(crate) struct Digest<S: Sink = BufferedXxh3>(S);
@@ -161,7 +174,9 @@ impl<S: Sink> Digest<S> {
     }
 
     pub(crate) fn code(&mut self, code: &CurrencyCode) -> &mut Self {
-        self.bytes(code.as_bytes())
+        let (bytes, len) = code.raw();
+        self.0.code(bytes, len);
+        self
     }
 }
 
