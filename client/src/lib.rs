@@ -39,6 +39,8 @@ pub struct ClientConfig {
     /// Instead of the file: trust exactly the certificate with this SHA-256 fingerprint (the
     /// node prints it at start). Takes precedence over `trust_der_path` when set.
     pub trust_sha256: Option<[u8; 32]>,
+    /// Client certificate and PKCS#8 key files (DER), for a node that requires them (`--ca`).
+    pub identity_der_paths: Option<(PathBuf, PathBuf)>,
     /// Timeout of one attempt of one request.
     pub request_timeout_ms: u64,
     /// Extra attempts for commands answered busy / shard unavailable.
@@ -54,6 +56,7 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust_der_path,
             trust_sha256: None,
+            identity_der_paths: None,
             request_timeout_ms: 10_000,
             retries_max: 5,
             retry_backoff_ms: 2,
@@ -94,9 +97,36 @@ pub struct Client {
 pub fn quic_client_config(
     certificate: CertificateDer<'static>,
 ) -> Result<quinn::ClientConfig, String> {
+    quic_client_config_with(certificate, None)
+}
+
+/// A client certificate and its PKCS#8 key (DER), for a node started with `--ca` (mutual TLS).
+pub type Identity = (
+    CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// The QUIC client configuration that trusts `certificate` and, if given, authenticates with
+/// `identity`.
+pub fn quic_client_config_with(
+    certificate: CertificateDer<'static>,
+    identity: Option<Identity>,
+) -> Result<quinn::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate).map_err(|e| e.to_string())?;
-    quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|e| e.to_string())
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![cert], key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
 /// SHA-256 of a certificate's DER bytes: its fingerprint.
@@ -196,9 +226,17 @@ pub fn quic_client_config_pinned(sha256: [u8; 32]) -> Result<quinn::ClientConfig
 
 impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let identity = match &config.identity_der_paths {
+            Some((cert, key)) => {
+                let key =
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(read_certificate(key)?.to_vec().into());
+                Some((read_certificate(cert)?, key))
+            }
+            None => None,
+        };
         let quic = match config.trust_sha256 {
             Some(sha256) => quic_client_config_pinned(sha256),
-            None => quic_client_config(read_certificate(&config.trust_der_path)?),
+            None => quic_client_config_with(read_certificate(&config.trust_der_path)?, identity),
         }
         .map_err(|reason| ClientError::Certificate {
             path: config.trust_der_path.clone(),

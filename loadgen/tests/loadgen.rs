@@ -18,6 +18,7 @@ fn args(dir: &Path) -> NodeArgs {
         snapshot_every_secs: 3600,
         cert: None,
         key: None,
+        ca: None,
         truncate_corruption: false,
     }
 }

@@ -16,7 +16,7 @@
 //! silently).
 
 /// Keys the file may hold: (key, flag, environment variable).
-const KEYS: [(&str, &str, &str); 10] = [
+const KEYS: [(&str, &str, &str); 11] = [
     ("data_dir", "--data-dir", "PAYCORE_DATA_DIR"),
     ("listen", "--listen", "PAYCORE_LISTEN"),
     ("shards", "--shards", "PAYCORE_SHARDS"),
@@ -43,6 +43,7 @@ const KEYS: [(&str, &str, &str); 10] = [
     ),
     ("cert", "--cert", "PAYCORE_CERT"),
     ("key", "--key", "PAYCORE_KEY"),
+    ("ca", "--ca", "PAYCORE_CA"),
 ];
 
 /// Largest configuration file read, in bytes.

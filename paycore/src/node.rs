@@ -71,6 +71,10 @@ pub struct NodeArgs {
     /// TLS private key (PKCS#8 DER); with `--cert`.
     #[arg(long, env = "PAYCORE_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// CA certificate (DER): require every client to present a certificate it signed (mutual
+    /// TLS). Without it, any client that trusts the node may connect.
+    #[arg(long, env = "PAYCORE_CA")]
+    pub ca: Option<PathBuf>,
     /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
     #[arg(long)]
     pub truncate_corruption: bool,
@@ -123,6 +127,37 @@ fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
     config
 }
 
+/// TLS 1.3 for QUIC: the node's identity and, with `ca`, client certificates required.
+fn server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    ca: Option<&Path>,
+) -> Result<quinn::ServerConfig, String> {
+    let Some(ca) = ca else {
+        return quinn::ServerConfig::with_single_cert(vec![cert], key).map_err(|e| e.to_string());
+    };
+    let ca_der = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der))
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("{}: {e}", ca.display()))?;
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| e.to_string())?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
 /// A running node: its QUIC endpoint and shards. `run_node` drives one until a signal.
 #[derive(Debug)]
 pub struct Node {
@@ -145,8 +180,7 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
         .collect();
     let config = sequencer_config(args);
     let sequencer = Arc::new(Sequencer::start(config).map_err(|e| e.to_string())?);
-    let mut server =
-        quinn::ServerConfig::with_single_cert(vec![cert], key).map_err(|e| e.to_string())?;
+    let mut server = server_config(cert, key, args.ca.as_deref())?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     transport.max_concurrent_uni_streams(0u32.into());

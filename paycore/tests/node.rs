@@ -25,6 +25,7 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
         snapshot_every_secs: 3600,
         cert: None,
         key: None,
+        ca: None,
         truncate_corruption: false,
     }
 }
@@ -412,6 +413,55 @@ async fn clients_may_pin_the_certificate_fingerprint() {
     config.trust_sha256 = Some(wrong);
     let refused = Client::connect(config).await;
     assert!(refused.is_err(), "another fingerprint must not be trusted");
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_only_clients_with_its_certificates_get_in() {
+    let dir = data_dir("mtls");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A CA, and a client certificate it signs.
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let client_cert = rcgen::CertificateParams::new(vec!["gateway-1".to_string()])
+        .expect("client params")
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    std::fs::write(dir.join("ca.der"), ca_cert.der()).expect("write");
+    std::fs::write(dir.join("client.der"), client_cert.der()).expect("write");
+    std::fs::write(dir.join("client.key"), client_key.serialize_der()).expect("write");
+
+    let mut node_args = args(&dir, 1);
+    node_args.ca = Some(dir.join("ca.der"));
+    let node = start_node(&node_args).expect("node starts");
+    // Without a client certificate: no service.
+    let anonymous =
+        match Client::connect(ClientConfig::new(node.listen, dir.join("tls/cert.der"))).await {
+            Ok(client) => client.query(Query::Status).await.is_ok(),
+            Err(_) => false,
+        };
+    assert!(!anonymous, "a client without a certificate was served");
+    // With one the CA signed: served.
+    let mut config = ClientConfig::new(node.listen, dir.join("tls/cert.der"));
+    config.identity_der_paths = Some((dir.join("client.der"), dir.join("client.key")));
+    let client = Client::connect(config)
+        .await
+        .expect("connect with a certificate");
+    assert!(matches!(
+        client.query(Query::Status).await,
+        Ok(QueryResult::Status(_))
+    ));
+    client.close();
     node.endpoint.close(0u32.into(), b"done");
     stop_sequencer(node.sequencer).await;
     let _ = std::fs::remove_dir_all(dir);
