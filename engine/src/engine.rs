@@ -1056,6 +1056,7 @@ impl Engine {
     ) -> u32 {
         let slot = self.wallets.len() as u32;
         assert!((slot as usize) < self.config.wallets_max);
+        let capacity = self.wallets.capacity();
         let now = self.last_timestamp_ns;
         self.wallets.push(Wallet {
             available: 0,
@@ -1071,6 +1072,9 @@ impl Engine {
             open_obligations: 0,
             velocity: NO_VELOCITY,
         });
+        if self.wallets.capacity() != capacity {
+            crate::huge_pages::advise(&self.wallets);
+        }
         self.record(Undo::WalletPushed);
         if kind == WalletKind::User {
             self.index_insert(slot);

@@ -221,8 +221,10 @@ impl Index {
 
     fn with_bits(bits: u32) -> Index {
         assert!((1..=32).contains(&bits), "idempotency index size");
+        let slots = vec![0; 1 << bits];
+        crate::huge_pages::advise(&slots);
         Index {
-            slots: vec![0; 1 << bits],
+            slots,
             bits,
             len: 0,
         }

@@ -258,6 +258,7 @@ impl Engine {
         // Sized up front: growing a 10 M-entry index (and wallet vector) while loading costs
         // rehashes and copies on the restart path.
         engine.wallets.reserve_exact(image.wallets.len());
+        crate::huge_pages::advise(&engine.wallets);
         engine.user_index.reserve(image.wallets.len(), |_| 0);
         for c in &image.currencies {
             let code = CurrencyCode::from_bytes(&c.code).map_err(|e| ImageError(e.to_string()))?;

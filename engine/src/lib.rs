@@ -19,7 +19,7 @@
 //! - a rejected command changes nothing but its idempotency record; a retry with the same key
 //!   and parameters returns the first outcome, a rejection included.
 
-#![deny(unsafe_code)] // one reasoned exception: the cache prefetch hint in `prefetch.rs`
+#![deny(unsafe_code)] // reasoned exceptions: the prefetch hint (`prefetch.rs`), huge-page advice (`huge_pages.rs`)
 
 pub mod amount;
 pub mod codec;
@@ -30,6 +30,7 @@ mod engine;
 mod event;
 mod hashing;
 mod hold;
+mod huge_pages;
 mod idempotency;
 mod ids;
 pub mod image;
