@@ -82,7 +82,8 @@ fn run_round(data_dir: &Path, round: u64) -> Round {
         }
     });
     let first = lines
-        .recv_timeout(Duration::from_secs(60))
+        // Generous: on a machine still writing back a cold build, the first syncs can be slow.
+        .recv_timeout(Duration::from_secs(180))
         .expect("process reports recovery");
     let (kind, sequence, hash) = parse(&first).expect("RECOVERED line");
     assert_eq!(kind, "RECOVERED");
