@@ -124,29 +124,21 @@ pub fn recover<S: Storage>(
                 expected: shard,
             });
         }
-        if header.first_sequence != *first_sequence {
-            let error = corrupt(
+        let misplaced = if header.first_sequence != *first_sequence {
+            Some(corrupt(
                 24,
                 format!("header says first sequence {}", header.first_sequence),
-            );
-            return cut_or_refuse(
-                storage,
-                &mut recovered,
-                name,
+            ))
+        } else if index > 0 && *first_sequence != recovered.next_sequence {
+            let expected = recovered.next_sequence;
+            Some(corrupt(
                 0,
-                error,
-                options,
-                &names[index..],
-            );
-        }
-        if index > 0 && *first_sequence != recovered.next_sequence {
-            let error = corrupt(
-                0,
-                format!(
-                    "segment starts at {first_sequence}, {} expected",
-                    recovered.next_sequence
-                ),
-            );
+                format!("segment starts at {first_sequence}, {expected} expected"),
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = misplaced {
             return cut_or_refuse(
                 storage,
                 &mut recovered,

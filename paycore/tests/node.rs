@@ -30,6 +30,13 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
     }
 }
 
+/// Closes the node's endpoint, stops its shards and removes its folder.
+async fn shut_down(node: paycore::node::Node, dir: &Path) {
+    node.endpoint.close(0u32.into(), b"done");
+    stop_sequencer(node.sequencer).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn data_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("paycore-node-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -180,9 +187,7 @@ async fn batches_retries_cross_shard_and_restart_over_quic() {
     let replayed = client.submit(transfers).await.expect("retry after restart");
     assert_eq!(replayed, first, "idempotency survives the restart");
     client.close();
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,9 +244,7 @@ async fn busy_backpressure_and_retries() {
     let total = balance(&client, wallets[0]).await + balance(&client, wallets[1]).await;
     assert_eq!(total, 2_000_000);
     client.close();
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,9 +301,7 @@ async fn malformed_frames_get_an_error_frame_and_the_connection_closes() {
         Ok(QueryResult::Status(_))
     ));
     client.close();
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
 
 /// Reads frames until every shard has been delivered up to `last[shard]`; returns
@@ -387,9 +388,7 @@ async fn event_subscription_in_order_and_resumable() {
     let got: Vec<_> = again.into_iter().filter(|(s, _, _)| *s == 0).collect();
     assert_eq!(got, expected);
     client.close();
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,9 +412,7 @@ async fn clients_may_pin_the_certificate_fingerprint() {
     config.trust_sha256 = Some(wrong);
     let refused = Client::connect(config).await;
     assert!(refused.is_err(), "another fingerprint must not be trusted");
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +459,5 @@ async fn with_a_ca_only_clients_with_its_certificates_get_in() {
         Ok(QueryResult::Status(_))
     ));
     client.close();
-    node.endpoint.close(0u32.into(), b"done");
-    stop_sequencer(node.sequencer).await;
-    let _ = std::fs::remove_dir_all(dir);
+    shut_down(node, &dir).await;
 }
