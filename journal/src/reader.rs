@@ -150,9 +150,12 @@ impl<S: Storage> JournalReader<S> {
                     .storage
                     .list()
                     .map_err(JournalError::io(self.storage.path("")))?;
+                // The next segment starts exactly at `next_sequence`; an empty segment (a roll
+                // whose first record never became durable) may be the current one itself, and
+                // reopening it would spin forever.
                 let has_next = names
                     .iter()
-                    .any(|n| parse_segment_name(n) == Some(self.next_sequence));
+                    .any(|n| n != name && parse_segment_name(n) == Some(self.next_sequence));
                 if !has_next {
                     break;
                 }

@@ -1,9 +1,8 @@
 //! `paycore`: the single binary of the payment core.
 //!
-//! Today only the engine exists (issue 2), so `paycore up` runs one in-process shard through a
-//! short, printed session of real commands and checks its invariants. The network node
-//! (`paycore node`, QUIC listener, journal) arrives with issues 3 and 4, the gateway with 7; no
-//! command here claims to be more than it is.
+//! `up` (a node with embedded defaults), `node` (a configured core node: shards, journal,
+//! snapshots, QUIC listener), `snapshot` (offline), `demo` (an in-process engine session) and a
+//! hidden `torture` child for crash tests. Each subcommand's `--help` explains its flags.
 
 mod config_file;
 mod snapshot_command;

@@ -49,6 +49,8 @@ struct Round {
 
 fn run_round(data_dir: &Path, round: u64) -> Round {
     let batch = 1 + mix(round) % 200;
+    let stderr_path = data_dir.with_file_name(format!("round-{round}.stderr"));
+    std::fs::create_dir_all(data_dir.parent().expect("data dir has a parent")).expect("root");
     let mut child = Process::new(env!("CARGO_BIN_EXE_paycore"))
         .args([
             "torture",
@@ -68,7 +70,7 @@ fn run_round(data_dir: &Path, round: u64) -> Round {
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .expect("start paycore torture");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -81,10 +83,19 @@ fn run_round(data_dir: &Path, round: u64) -> Round {
             }
         }
     });
-    let first = lines
-        // Generous: on a machine still writing back a cold build, the first syncs can be slow.
-        .recv_timeout(Duration::from_secs(180))
-        .expect("process reports recovery");
+    // Generous: on a machine still writing back a cold build, the first syncs can be slow.
+    let first = match lines.recv_timeout(Duration::from_secs(120)) {
+        Ok(line) => line,
+        Err(error) => {
+            let _ = child.kill();
+            let status = child.wait();
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!(
+                "round {round} (batch {batch}): no recovery line ({error}); exit {status:?}; \
+                 stderr:\n{stderr}"
+            );
+        }
+    };
     let (kind, sequence, hash) = parse(&first).expect("RECOVERED line");
     assert_eq!(kind, "RECOVERED");
     // Let it run under load for a random while, then pull the plug.
