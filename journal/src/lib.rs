@@ -17,6 +17,7 @@
 //! The journal does not know what a payload means: it stores bytes. The engine's codec
 //! (`paycore_engine::codec`) encodes commands into them.
 
+mod divergence;
 mod error;
 pub mod format;
 mod reader;
@@ -25,6 +26,7 @@ pub mod sim;
 mod storage;
 mod writer;
 
+pub use divergence::{DivergentTail, last_record, truncate_after};
 pub use error::JournalError;
 pub use format::RecordRef;
 pub use reader::JournalReader;

@@ -133,6 +133,12 @@ impl<S: Storage> JournalWriter<S> {
         })
     }
 
+    /// The epoch written into records appended from now on (and into new segment headers):
+    /// a promoted standby starts its own epoch.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.config.epoch = epoch;
+    }
+
     pub fn config(&self) -> &JournalConfig {
         &self.config
     }
@@ -176,6 +182,18 @@ impl<S: Storage> JournalWriter<S> {
         timestamp_ns: u64,
         payload: &[u8],
     ) -> Result<(), JournalError> {
+        self.append_with_epoch(sequence, self.config.epoch, timestamp_ns, payload)
+    }
+
+    /// Appends a record written by the primary of `epoch` (a standby copying its primary's
+    /// journal keeps each record's epoch).
+    pub fn append_with_epoch(
+        &mut self,
+        sequence: u64,
+        epoch: u64,
+        timestamp_ns: u64,
+        payload: &[u8],
+    ) -> Result<(), JournalError> {
         self.check_poisoned()?;
         if payload.is_empty() || payload.len() > RECORD_PAYLOAD_BYTES_MAX {
             return Err(JournalError::PayloadSize {
@@ -202,13 +220,7 @@ impl<S: Storage> JournalWriter<S> {
         }
         self.record.clear();
         self.record.resize(bytes, 0);
-        write_record(
-            &mut self.record,
-            sequence,
-            self.config.epoch,
-            timestamp_ns,
-            payload,
-        );
+        write_record(&mut self.record, sequence, epoch, timestamp_ns, payload);
         let Some(segment) = self.segment.as_mut() else {
             unreachable!("roll opened a segment")
         };

@@ -413,3 +413,42 @@ fn tempfile_dir(label: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// A returning old primary cuts the records after the new primary's history took over: the
+/// cut segments are backed up, recovery then ends at the kept record, and a writer continues
+/// with records of the new epoch.
+#[test]
+fn a_divergent_tail_is_backed_up_and_cut() {
+    for keep in [0u64, 1, 700, 2_999, 5_000, 7_999, 8_000] {
+        let storage = SimStorage::new();
+        let mut writer = open(&storage, config());
+        for batch in 0..40u64 {
+            write(&mut writer, batch * 200 + 1, batch * 200 + 200);
+        }
+        assert!(writer.segments().len() > 1);
+        drop(writer);
+        let mut cut_storage = storage.clone();
+        let tail = paycore_journal::truncate_after(&mut cut_storage, 0, keep).expect("cut");
+        if keep >= 8_000 {
+            assert_eq!(tail, None);
+        } else {
+            let tail = tail.expect("something was cut");
+            assert_eq!((tail.first_sequence, tail.last_sequence), (keep + 1, 8_000));
+            assert!(!tail.backups.is_empty());
+        }
+        let records = read_all(storage.clone());
+        assert_records(&records, keep);
+        let last = paycore_journal::last_record(&storage, 0).expect("scan");
+        assert_eq!(last, (keep > 0).then_some((keep, 1)));
+        let mut writer = open(&storage, config());
+        assert_eq!(writer.next_sequence(), keep + 1);
+        writer.set_epoch(2);
+        write(&mut writer, keep + 1, keep + 10);
+        drop(writer);
+        assert_records(&read_all(storage.clone()), keep + 10);
+        assert_eq!(
+            paycore_journal::last_record(&storage, 0).expect("scan"),
+            Some((keep + 10, 2))
+        );
+    }
+}
