@@ -169,9 +169,18 @@ impl ErrorCode {
     pub const SHUTTING_DOWN: ErrorCode = ErrorCode(10);
     /// A bug or an I/O failure on the sender's side.
     pub const INTERNAL: ErrorCode = ErrorCode(11);
+    /// The node is not a primary (a standby): it neither takes writes nor serves a standby.
+    /// The connection stays.
+    pub const NOT_PRIMARY: ErrorCode = ErrorCode(12);
+    /// A replication peer's epoch is not acceptable (a fenced old primary, or a standby that
+    /// knows a newer primary).
+    pub const STALE_EPOCH: ErrorCode = ErrorCode(13);
+    /// An operator command refused because it is unsafe now (the message says why). The
+    /// connection stays.
+    pub const REFUSED: ErrorCode = ErrorCode(14);
 
     /// Every assigned code, in number order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::MALFORMED,
         ErrorCode::FRAME_TOO_LARGE,
         ErrorCode::UNSUPPORTED_VERSION,
@@ -183,6 +192,9 @@ impl ErrorCode {
         ErrorCode::POSITION_UNAVAILABLE,
         ErrorCode::SHUTTING_DOWN,
         ErrorCode::INTERNAL,
+        ErrorCode::NOT_PRIMARY,
+        ErrorCode::STALE_EPOCH,
+        ErrorCode::REFUSED,
     ];
 
     /// The stable snake_case name, `"unknown"` for a number this version does not know.
@@ -199,17 +211,23 @@ impl ErrorCode {
             ErrorCode::POSITION_UNAVAILABLE => "position_unavailable",
             ErrorCode::SHUTTING_DOWN => "shutting_down",
             ErrorCode::INTERNAL => "internal",
+            ErrorCode::NOT_PRIMARY => "not_primary",
+            ErrorCode::STALE_EPOCH => "stale_epoch",
+            ErrorCode::REFUSED => "refused",
             _ => "unknown",
         }
     }
 
     /// The sender closes the connection after an error frame with this code. Only
-    /// `shard_unavailable` and `position_unavailable` answer one request and keep the
-    /// connection; a code this version does not know counts as closing.
+    /// `shard_unavailable`, `position_unavailable`, `not_primary` and `refused` answer one
+    /// request and keep the connection; a code this version does not know counts as closing.
     pub fn closes_connection(self) -> bool {
         !matches!(
             self,
-            ErrorCode::SHARD_UNAVAILABLE | ErrorCode::POSITION_UNAVAILABLE
+            ErrorCode::SHARD_UNAVAILABLE
+                | ErrorCode::POSITION_UNAVAILABLE
+                | ErrorCode::NOT_PRIMARY
+                | ErrorCode::REFUSED
         )
     }
 }

@@ -6,6 +6,7 @@ use paycore_engine::{Command, Event, LINKED_OPS_MAX, Op, ShardId};
 
 use crate::error::{EncodeError, ErrorCode, ProtocolError, ProtocolErrorKind};
 use crate::event::{EVENT_BYTES_MIN, encode_event, read_event};
+use crate::replication::{self, AdminCommand, EpochStart};
 use crate::view::{
     COMMAND_RESULT_BYTES_MIN, CommandResult, Query, QueryResult, check_count, check_shard,
     put_command_result, put_query, put_query_result, read_command_result, read_query,
@@ -29,10 +30,17 @@ pub enum FrameKind {
     Subscribe = 5,
     Events = 6,
     Error = 7,
+    ReplicaHello = 8,
+    ReplicaWelcome = 9,
+    ReplicaRecords = 10,
+    ReplicaAck = 11,
+    ReplicaDiverged = 12,
+    Admin = 13,
+    AdminResult = 14,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 7] = [
+    pub const ALL: [FrameKind; 14] = [
         FrameKind::SubmitBatch,
         FrameKind::BatchResult,
         FrameKind::Query,
@@ -40,6 +48,13 @@ impl FrameKind {
         FrameKind::Subscribe,
         FrameKind::Events,
         FrameKind::Error,
+        FrameKind::ReplicaHello,
+        FrameKind::ReplicaWelcome,
+        FrameKind::ReplicaRecords,
+        FrameKind::ReplicaAck,
+        FrameKind::ReplicaDiverged,
+        FrameKind::Admin,
+        FrameKind::AdminResult,
     ];
 
     pub fn from_u8(value: u8) -> Option<FrameKind> {
@@ -52,7 +67,13 @@ impl FrameKind {
     pub fn sent_by_client(self) -> bool {
         matches!(
             self,
-            FrameKind::SubmitBatch | FrameKind::Query | FrameKind::Subscribe | FrameKind::Error
+            FrameKind::SubmitBatch
+                | FrameKind::Query
+                | FrameKind::Subscribe
+                | FrameKind::Error
+                | FrameKind::ReplicaHello
+                | FrameKind::ReplicaAck
+                | FrameKind::Admin
         )
     }
 
@@ -60,7 +81,12 @@ impl FrameKind {
     pub fn sent_by_node(self) -> bool {
         !matches!(
             self,
-            FrameKind::SubmitBatch | FrameKind::Query | FrameKind::Subscribe
+            FrameKind::SubmitBatch
+                | FrameKind::Query
+                | FrameKind::Subscribe
+                | FrameKind::ReplicaHello
+                | FrameKind::ReplicaAck
+                | FrameKind::Admin
         )
     }
 }
@@ -106,6 +132,43 @@ pub enum Frame {
     /// Either way: the request (or, with request id 0, the connection) failed. The sender
     /// closes the connection after it when [`ErrorCode::closes_connection`] says so.
     Error { code: ErrorCode, message: String },
+    /// Standby -> primary, first frame of a shard's replication stream: the standby's next
+    /// wanted record, the epoch of its last record (0 when it has none) and its node epoch.
+    ReplicaHello {
+        shard: ShardId,
+        from_sequence: u64,
+        last_epoch: u64,
+        epoch: u64,
+    },
+    /// Primary -> standby: accepted; the primary's epoch and the shard's epoch history.
+    ReplicaWelcome {
+        shard: ShardId,
+        epoch: u64,
+        history: Vec<EpochStart>,
+    },
+    /// Primary -> standby: whole journal records (the journal's framing, CRC32C each), in
+    /// sequence order; `primary_durable` is the primary's durable sequence when sent.
+    ReplicaRecords {
+        shard: ShardId,
+        primary_durable: u64,
+        records: Vec<u8>,
+    },
+    /// Standby -> primary: every record up to `durable_sequence` is durable on the standby.
+    ReplicaAck {
+        shard: ShardId,
+        durable_sequence: u64,
+    },
+    /// Primary -> standby: the standby's records after `keep_through` are not in the history
+    /// of `epoch`; it must cut them (backed up) before following.
+    ReplicaDiverged {
+        shard: ShardId,
+        epoch: u64,
+        keep_through: u64,
+    },
+    /// Operator -> node.
+    Admin(AdminCommand),
+    /// Node -> operator: a JSON document (status, or what a promotion did).
+    AdminResult { json: String },
 }
 
 impl Frame {
@@ -118,6 +181,13 @@ impl Frame {
             Frame::Subscribe { .. } => FrameKind::Subscribe,
             Frame::Events { .. } => FrameKind::Events,
             Frame::Error { .. } => FrameKind::Error,
+            Frame::ReplicaHello { .. } => FrameKind::ReplicaHello,
+            Frame::ReplicaWelcome { .. } => FrameKind::ReplicaWelcome,
+            Frame::ReplicaRecords { .. } => FrameKind::ReplicaRecords,
+            Frame::ReplicaAck { .. } => FrameKind::ReplicaAck,
+            Frame::ReplicaDiverged { .. } => FrameKind::ReplicaDiverged,
+            Frame::Admin(_) => FrameKind::Admin,
+            Frame::AdminResult { .. } => FrameKind::AdminResult,
         }
     }
 
@@ -223,6 +293,42 @@ fn encode_inner(
             put_count(out, message.len());
             out.extend_from_slice(message.as_bytes());
         }
+        Frame::ReplicaHello {
+            shard,
+            from_sequence,
+            last_epoch,
+            epoch,
+        } => replication::put_hello(out, *shard, *from_sequence, *last_epoch, *epoch)?,
+        Frame::ReplicaWelcome {
+            shard,
+            epoch,
+            history,
+        } => replication::put_welcome(out, *shard, *epoch, history)?,
+        Frame::ReplicaRecords {
+            shard,
+            primary_durable,
+            records,
+        } => replication::put_records(out, *shard, *primary_durable, records)?,
+        Frame::ReplicaAck {
+            shard,
+            durable_sequence,
+        } => {
+            check_shard(*shard)?;
+            put_u16(out, *shard);
+            put_u64(out, *durable_sequence);
+        }
+        Frame::ReplicaDiverged {
+            shard,
+            epoch,
+            keep_through,
+        } => {
+            check_shard(*shard)?;
+            put_u16(out, *shard);
+            put_u64(out, *epoch);
+            put_u64(out, *keep_through);
+        }
+        Frame::Admin(command) => replication::put_admin(out, command),
+        Frame::AdminResult { json } => replication::put_admin_result(out, json)?,
     }
     let bytes = out.len() - start;
     if bytes > FRAME_BYTES_MAX {
@@ -442,6 +548,35 @@ fn decode_body(frame: &[u8]) -> Result<Frame> {
             };
             Frame::Error { code, message }
         }
+        FrameKind::ReplicaHello => Frame::ReplicaHello {
+            shard: r.shard()?,
+            from_sequence: r.u64()?,
+            last_epoch: r.u64()?,
+            epoch: r.u64()?,
+        },
+        FrameKind::ReplicaWelcome => Frame::ReplicaWelcome {
+            shard: r.shard()?,
+            epoch: r.u64()?,
+            history: replication::read_history(&mut r)?,
+        },
+        FrameKind::ReplicaRecords => Frame::ReplicaRecords {
+            shard: r.shard()?,
+            primary_durable: r.u64()?,
+            records: replication::read_records(&mut r)?,
+        },
+        FrameKind::ReplicaAck => Frame::ReplicaAck {
+            shard: r.shard()?,
+            durable_sequence: r.u64()?,
+        },
+        FrameKind::ReplicaDiverged => Frame::ReplicaDiverged {
+            shard: r.shard()?,
+            epoch: r.u64()?,
+            keep_through: r.u64()?,
+        },
+        FrameKind::Admin => Frame::Admin(replication::read_admin(&mut r)?),
+        FrameKind::AdminResult => Frame::AdminResult {
+            json: replication::read_admin_result(&mut r)?,
+        },
     };
     if r.remaining() != 0 {
         return r.fail(r.offset, ProtocolErrorKind::TrailingBytes);

@@ -24,12 +24,16 @@
 mod error;
 mod event;
 mod frame;
+mod replication;
 mod view;
 mod wire;
 
 pub use error::{EncodeError, ErrorCode, ProtocolError, ProtocolErrorKind};
 pub use event::{EVENT_BYTES_MAX, EVENT_BYTES_MIN, decode_event, encode_event};
 pub use frame::{Frame, FrameKind, FrameReader, decode, encode, frame_bytes};
+pub use replication::{
+    ADMIN_RESULT_BYTES_MAX, AdminCommand, EPOCH_HISTORY_MAX, EpochStart, REPLICA_RECORDS_BYTES_MAX,
+};
 pub use view::{CommandResult, HoldView, Query, QueryResult, ShardStatus, StatusView, WalletView};
 
 /// The protocol version this crate speaks (the header's version byte).

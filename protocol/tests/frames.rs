@@ -582,7 +582,38 @@ fn every_kind_is_covered_and_directions_are_set() {
             }],
         },
         Frame::error(ErrorCode::SHUTTING_DOWN, ""),
+        Frame::ReplicaHello {
+            shard: 1,
+            from_sequence: 10,
+            last_epoch: 1,
+            epoch: 1,
+        },
+        Frame::ReplicaWelcome {
+            shard: 1,
+            epoch: 2,
+            history: vec![paycore_protocol::EpochStart {
+                epoch: 2,
+                first_sequence: 7,
+            }],
+        },
+        Frame::ReplicaRecords {
+            shard: 1,
+            primary_durable: 12,
+            records: vec![1, 2, 3],
+        },
+        Frame::ReplicaAck {
+            shard: 1,
+            durable_sequence: 12,
+        },
+        Frame::ReplicaDiverged {
+            shard: 1,
+            epoch: 2,
+            keep_through: 6,
+        },
+        Frame::Admin(paycore_protocol::AdminCommand::Promote { force: true }),
+        Frame::AdminResult { json: "{}".into() },
     ];
+    assert_eq!(frames.len(), FrameKind::ALL.len());
     for (frame, kind) in frames.iter().zip(FrameKind::ALL) {
         assert_eq!(frame.kind(), kind);
         assert_eq!(FrameKind::from_u8(kind as u8), Some(kind));

@@ -493,5 +493,52 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
         2 => arb_events_frame(),
         1 => (arb_error_code(), "\\PC{0,40}")
             .prop_map(|(code, message)| Frame::Error { code, message }),
+        1 => (0u16..1024, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(shard, from_sequence, last_epoch, epoch)| Frame::ReplicaHello {
+                shard,
+                from_sequence,
+                last_epoch,
+                epoch,
+            }
+        ),
+        1 => (0u16..1024, any::<u64>(), vec((any::<u64>(), any::<u64>()), 0..6)).prop_map(
+            |(shard, epoch, history)| Frame::ReplicaWelcome {
+                shard,
+                epoch,
+                history: history
+                    .into_iter()
+                    .map(|(epoch, first_sequence)| paycore_protocol::EpochStart {
+                        epoch,
+                        first_sequence,
+                    })
+                    .collect(),
+            }
+        ),
+        1 => (0u16..1024, any::<u64>(), vec(any::<u8>(), 0..200)).prop_map(
+            |(shard, primary_durable, records)| Frame::ReplicaRecords {
+                shard,
+                primary_durable,
+                records,
+            }
+        ),
+        1 => (0u16..1024, any::<u64>()).prop_map(|(shard, durable_sequence)| {
+            Frame::ReplicaAck {
+                shard,
+                durable_sequence,
+            }
+        }),
+        1 => (0u16..1024, any::<u64>(), any::<u64>()).prop_map(|(shard, epoch, keep_through)| {
+            Frame::ReplicaDiverged {
+                shard,
+                epoch,
+                keep_through,
+            }
+        }),
+        1 => prop_oneof![
+            Just(paycore_protocol::AdminCommand::Status),
+            any::<bool>().prop_map(|force| paycore_protocol::AdminCommand::Promote { force }),
+        ]
+        .prop_map(Frame::Admin),
+        1 => "\\PC{0,60}".prop_map(|json| Frame::AdminResult { json }),
     ]
 }
