@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod events;
+mod replication;
 mod reply;
 mod routing;
 mod writer;
@@ -35,12 +36,16 @@ use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
 use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
 
 pub use events::{EventBatch, EventLog, Read};
+pub use replication::{ReplicationGate, ReplicationMode};
 pub use reply::{CommandResult, OnDone};
 pub use routing::{Route, route};
 pub use writer::ShardStats;
 
 use reply::{BatchReply, DISCARD};
-use writer::{Request, ShardWriter, WriterConfig};
+use writer::{Release, Request, ShardWriter, WriterConfig, let_out};
+
+/// Group commits waiting at the replication gate per shard before the writer itself waits.
+const RELEASES_WAITING_MAX: usize = 4096;
 
 /// Everything a node's shards need to start.
 #[derive(Debug, Clone)]
@@ -62,6 +67,10 @@ pub struct SequencerConfig {
     pub recovery: RecoveryOptions,
     /// Events kept in memory per shard for subscribers (older positions must resync).
     pub events_kept_max: u64,
+    /// How replies wait for a standby (see [`ReplicationGate`]).
+    pub replication: ReplicationMode,
+    /// Start as a standby: no client writes until [`Sequencer::promote`].
+    pub standby: bool,
 }
 
 impl SequencerConfig {
@@ -77,6 +86,8 @@ impl SequencerConfig {
             snapshots: Some(SnapshotPolicy::default()),
             recovery: RecoveryOptions::default(),
             events_kept_max: 1 << 20,
+            replication: ReplicationMode::Off,
+            standby: false,
         }
     }
 }
@@ -88,6 +99,14 @@ pub struct Sequencer {
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<ShardStats>>,
     events: Vec<Arc<EventLog>>,
+    gates: Vec<Arc<ReplicationGate>>,
+    watermarks: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    journal_dirs: Vec<PathBuf>,
+    retention_floors: Vec<Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>>>,
+    releasers: Vec<JoinHandle<()>>,
+    release_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// False while a standby: client writes are refused at once.
+    accepting_writes: Arc<std::sync::atomic::AtomicBool>,
     shard_count: u16,
     ring_capacity: usize,
 }
@@ -97,6 +116,8 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Submit { commands, .. } => write!(f, "Submit({} commands)", commands.len()),
             Request::Query(_) => f.write_str("Query"),
+            Request::Replicate { records, .. } => write!(f, "Replicate({} bytes)", records.len()),
+            Request::Promote { epoch, .. } => write!(f, "Promote({epoch})"),
         }
     }
 }
@@ -133,9 +154,15 @@ impl Sequencer {
         let mut threads = Vec::with_capacity(count);
         let mut stats = Vec::with_capacity(count);
         let mut events = Vec::with_capacity(count);
+        let mut gates = Vec::with_capacity(count);
+        let mut watermarks = Vec::with_capacity(count);
+        let mut journal_dirs = Vec::with_capacity(count);
+        let mut retention_floors = Vec::with_capacity(count);
+        let mut releasers = Vec::new();
+        let release_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Legs debited before the last stop and not settled: send them again. A destination
         // that already applied one answers with its original decision (engine `decisions`).
-        for durable in &opened {
+        for durable in opened.iter().filter(|_| !config.standby) {
             for leg in durable.engine.pending_credit_legs() {
                 let to = usize::from(leg.to.shard());
                 if let Some(sender) = internal_senders.get(to) {
@@ -174,6 +201,41 @@ impl Sequencer {
                 durable.engine.last_sequence(),
                 std::sync::atomic::Ordering::Release,
             );
+            let gate = Arc::new(ReplicationGate::new(config.replication, 0));
+            gate.mark_released(durable.engine.last_sequence());
+            let floors = Arc::new(std::sync::Mutex::new(Vec::new()));
+            watermarks.push(durable.journal.watermark());
+            journal_dirs.push(durable.paths.journal.clone());
+            let releaser = if config.replication == ReplicationMode::Off {
+                None
+            } else {
+                let (sender, receiver) =
+                    crossbeam_channel::bounded::<Release>(RELEASES_WAITING_MAX);
+                let (gate, events, peers, stop) = (
+                    gate.clone(),
+                    shard_events.clone(),
+                    internal_senders.clone(),
+                    release_stop.clone(),
+                );
+                let thread = std::thread::Builder::new()
+                    .name(format!("release-{shard}"))
+                    .spawn(move || {
+                        for release in receiver {
+                            gate.wait_for(release.last_sequence, &stop);
+                            if gate.allows(release.last_sequence) {
+                                let_out(release, &events, &peers, &gate);
+                            }
+                            // Else stopping: results not on the standby are never released;
+                            // their clients see the request fail and retry with the same keys.
+                        }
+                    })
+                    .map_err(|source| ShardError::Io {
+                        path: config.data_dir.clone(),
+                        source,
+                    })?;
+                releasers.push(thread);
+                Some(sender)
+            };
             let writer = ShardWriter {
                 shard: durable,
                 ring: ring_receiver,
@@ -186,6 +248,10 @@ impl Sequencer {
                 stats: shard_stats.clone(),
                 snapshotter,
                 events: shard_events.clone(),
+                gate: gate.clone(),
+                releaser,
+                primary: !config.standby,
+                retention_floors: floors.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
@@ -198,12 +264,21 @@ impl Sequencer {
             threads.push(thread);
             stats.push(shard_stats);
             events.push(shard_events);
+            gates.push(gate);
+            retention_floors.push(floors);
         }
         Ok(Sequencer {
             rings,
             threads,
             stats,
             events,
+            gates,
+            watermarks,
+            journal_dirs,
+            retention_floors,
+            releasers,
+            release_stop,
+            accepting_writes: Arc::new(std::sync::atomic::AtomicBool::new(!config.standby)),
             shard_count: config.shard_count,
             ring_capacity: config.ring_requests_max,
         })
@@ -211,6 +286,95 @@ impl Sequencer {
 
     pub fn shard_count(&self) -> u16 {
         self.shard_count
+    }
+
+    /// The shard's replication gate (standby acknowledgements, release watermark).
+    pub fn gate(&self, shard: u16) -> &Arc<ReplicationGate> {
+        &self.gates[usize::from(shard)]
+    }
+
+    /// The shard journal's durable sequence, as its writer publishes it.
+    pub fn durable_watermark(&self, shard: u16) -> &Arc<std::sync::atomic::AtomicU64> {
+        &self.watermarks[usize::from(shard)]
+    }
+
+    /// The folder of the shard's journal segments (for readers: replication, the flusher).
+    pub fn journal_dir(&self, shard: u16) -> &std::path::Path {
+        &self.journal_dirs[usize::from(shard)]
+    }
+
+    /// Journal retention on `shard` keeps every record after `floor` (a consumer's position,
+    /// e.g. the Postgres flusher's).
+    pub fn add_retention_floor(&self, shard: u16, floor: Arc<std::sync::atomic::AtomicU64>) {
+        self.retention_floors[usize::from(shard)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(floor);
+    }
+
+    /// True on a primary; false on a standby (client writes are refused).
+    pub fn is_primary(&self) -> bool {
+        self.accepting_writes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Standby: hands records received from the primary to `shard`'s writer (waiting up to
+    /// `timeout` for room in its ring); the receiver yields the durable sequence after them.
+    pub fn replicate(
+        &self,
+        shard: u16,
+        records: Vec<u8>,
+        timeout: Duration,
+    ) -> Receiver<Result<u64, String>> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let answer = sender.clone();
+        let request = Request::Replicate {
+            records,
+            done: Box::new(move |result| {
+                let _ = answer.send(result);
+            }),
+        };
+        match self.rings.get(usize::from(shard)) {
+            Some(ring) => {
+                if ring.send_timeout(request, timeout).is_err() {
+                    let _ = sender.send(Err(format!("shard {shard} is not taking records")));
+                }
+            }
+            None => {
+                let _ = sender.send(Err(format!("no shard {shard}")));
+            }
+        }
+        receiver
+    }
+
+    /// Standby -> primary of `epoch`: every shard applies what it holds, switches its
+    /// journal to the new epoch and resends its unsettled legs; then client writes are taken.
+    /// Returns each shard's last sequence (the new epoch starts after it).
+    pub fn promote(&self, epoch: u64, timeout: Duration) -> Result<Vec<u64>, String> {
+        let mut receivers = Vec::with_capacity(self.rings.len());
+        for (shard, ring) in self.rings.iter().enumerate() {
+            let (sender, receiver) = crossbeam_channel::bounded(1);
+            let request = Request::Promote {
+                epoch,
+                done: Box::new(move |last| {
+                    let _ = sender.send(last);
+                }),
+            };
+            ring.send_timeout(request, timeout)
+                .map_err(|_| format!("shard {shard} did not take the promotion"))?;
+            receivers.push(receiver);
+        }
+        let mut last = Vec::with_capacity(receivers.len());
+        for (shard, receiver) in receivers.into_iter().enumerate() {
+            last.push(
+                receiver
+                    .recv_timeout(timeout)
+                    .map_err(|_| format!("shard {shard} did not confirm the promotion"))?,
+            );
+        }
+        self.accepting_writes
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(last)
     }
 
     pub fn stats(&self, shard: u16) -> &ShardStats {
@@ -250,6 +414,10 @@ impl Sequencer {
     /// returning a receiver (for async callers: send them to a oneshot channel).
     pub fn submit_with(&self, commands: Vec<Command>, on_done: OnDone) {
         let total = commands.len();
+        if !self.is_primary() {
+            on_done(vec![CommandResult::ShardUnavailable; total]);
+            return;
+        }
         let count = usize::from(self.shard_count);
         let mut parts: Vec<Vec<(u32, Command)>> = vec![Vec::new(); count];
         let mut refused = Vec::new();
@@ -363,8 +531,15 @@ impl Sequencer {
 
     /// Stops accepting work, lets every writer finish its current batch, and joins them.
     pub fn shutdown(mut self) {
+        // What still waits for a standby that will not answer is dropped (never acknowledged),
+        // so no writer stays blocked on a full release queue.
+        self.release_stop
+            .store(true, std::sync::atomic::Ordering::Release);
         self.rings.clear();
         for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        for thread in self.releasers.drain(..) {
             let _ = thread.join();
         }
     }

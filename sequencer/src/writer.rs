@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
-use paycore_engine::codec::encode_command;
+use paycore_engine::codec::{decode_command, encode_command};
 use paycore_engine::{Command, Effects, Engine, ShardMessage};
+use paycore_journal::format::{Parsed, parse_record};
 use paycore_snapshot::{DurableShard, Snapshotter};
 
 use crate::events::{EventBatch, EventLog};
+use crate::replication::ReplicationGate;
 use crate::reply::{BatchReply, CommandResult};
 
 /// Commands ahead of the one applied whose wallets are prefetched.
@@ -32,6 +34,49 @@ pub(crate) enum Request {
         reply: Arc<BatchReply>,
     },
     Query(QueryFn),
+    /// Standby: journal records received from the primary (the journal's framing), to be
+    /// journaled as they are (sequence, epoch, timestamp) and applied. `done` gets the durable
+    /// sequence, or why nothing was taken.
+    Replicate {
+        records: Vec<u8>,
+        done: Box<dyn FnOnce(Result<u64, String>) + Send>,
+    },
+    /// Standby -> primary of `epoch`: take writes from now on. `done` gets the last sequence.
+    Promote {
+        epoch: u64,
+        done: Box<dyn FnOnce(u64) + Send>,
+    },
+}
+
+/// What a group commit lets out once the gate allows: replies, events, legs.
+pub(crate) struct Release {
+    pub last_sequence: u64,
+    pub parts: Vec<Arc<BatchReply>>,
+    pub events: Option<EventBatch>,
+    pub messages: Vec<(u16, Command)>,
+}
+
+/// Lets a release out: events to subscribers, legs to their shards, replies to clients.
+pub(crate) fn let_out(
+    release: Release,
+    events: &EventLog,
+    peers: &[Sender<Command>],
+    gate: &ReplicationGate,
+) {
+    if let Some(batch) = release.events {
+        events.append(batch);
+    }
+    for (to, command) in release.messages {
+        // Unbounded by design: the engine bounds transfers in flight, and a bounded channel
+        // here could deadlock two shards sending to each other.
+        if peers[usize::from(to)].send(command).is_err() {
+            tracing::warn!(to, "peer shard stopped; leg stays pending in the journal");
+        }
+    }
+    for part in release.parts {
+        part.part_done();
+    }
+    gate.mark_released(release.last_sequence);
 }
 
 /// Counters the writer publishes for status and metrics.
@@ -67,6 +112,13 @@ pub(crate) struct ShardWriter {
     pub stats: Arc<ShardStats>,
     pub snapshotter: Option<Snapshotter>,
     pub events: Arc<EventLog>,
+    pub gate: Arc<ReplicationGate>,
+    /// `Some` with a standby configured: releases wait at the gate on the releaser thread.
+    pub releaser: Option<Sender<Release>>,
+    /// False on a standby: client writes are refused, ticks and legs wait for promotion.
+    pub primary: bool,
+    /// Sequences other consumers still need (the Postgres flusher): retention keeps them.
+    pub retention_floors: Arc<std::sync::Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 fn now_ns() -> u64 {
@@ -85,28 +137,42 @@ impl ShardWriter {
         let mut payload = Vec::with_capacity(4096);
         let mut open = true;
         while open {
-            // Wait for the first piece of work.
-            select! {
-                recv(self.internal) -> leg => {
-                    if let Ok(leg) = leg {
-                        commands.push(leg);
-                        origins.push(Origin::Internal);
-                    }
-                }
-                recv(self.ring) -> request => match request {
-                    Ok(request) => self.take(request, &mut commands, &mut origins, &mut parts, &mut queries),
+            // Wait for the first piece of work. A standby takes only its ring (replicated
+            // records, queries, promotion): ticks and legs belong to a primary.
+            if !self.primary {
+                match self.ring.recv() {
+                    Ok(request) => self.take(
+                        request,
+                        &mut commands,
+                        &mut origins,
+                        &mut parts,
+                        &mut queries,
+                    ),
                     Err(_) => open = false,
-                },
-                default(self.config.tick_interval) => {
-                    if self.shard.engine.open_hold_count() > 0 {
-                        commands.push(Command::Tick);
-                        origins.push(Origin::Internal);
+                }
+            } else {
+                select! {
+                    recv(self.internal) -> leg => {
+                        if let Ok(leg) = leg {
+                            commands.push(leg);
+                            origins.push(Origin::Internal);
+                        }
+                    }
+                    recv(self.ring) -> request => match request {
+                        Ok(request) => self.take(request, &mut commands, &mut origins, &mut parts, &mut queries),
+                        Err(_) => open = false,
+                    },
+                    default(self.config.tick_interval) => {
+                        if self.shard.engine.open_hold_count() > 0 {
+                            commands.push(Command::Tick);
+                            origins.push(Origin::Internal);
+                        }
                     }
                 }
             }
             // Drain what else is waiting, up to the batch limit: legs first (they settle money
             // already in flight), then client requests.
-            while commands.len() < self.config.batch_commands_max {
+            while self.primary && commands.len() < self.config.batch_commands_max {
                 match self.internal.try_recv() {
                     Ok(leg) => {
                         commands.push(leg);
@@ -134,22 +200,43 @@ impl ShardWriter {
             for query in queries.drain(..) {
                 query(&self.shard.engine);
             }
+            let mut release = Release {
+                last_sequence: self.shard.journal.durable_sequence(),
+                parts: Vec::new(),
+                events: None,
+                messages: Vec::new(),
+            };
             if !commands.is_empty() {
-                self.commit_and_apply(&commands, &origins, &mut effects, &mut payload);
+                if self.primary {
+                    self.commit_and_apply(
+                        &commands,
+                        &origins,
+                        &mut effects,
+                        &mut payload,
+                        &mut release,
+                    );
+                } else {
+                    // A standby journals nothing of its own: a client command slipped in
+                    // before a demotion is refused.
+                    for origin in &origins {
+                        if let Origin::Client { reply, index } = origin {
+                            reply.set(*index, CommandResult::ShardUnavailable);
+                        }
+                    }
+                }
             }
-            for part in parts.drain(..) {
-                part.part_done();
+            release.parts.append(&mut parts);
+            match &self.releaser {
+                Some(releaser) if self.primary => {
+                    if let Err(refused) = releaser.send(release) {
+                        let_out(refused.0, &self.events, &self.peers, &self.gate);
+                    }
+                }
+                _ => let_out(release, &self.events, &self.peers, &self.gate),
             }
             commands.clear();
             origins.clear();
-            if let Some(snapshotter) = &self.snapshotter {
-                let covered = snapshotter.latest.load(Ordering::Acquire);
-                if covered > 0
-                    && let Err(error) = self.shard.journal.retire_through(covered, true)
-                {
-                    tracing::warn!(shard = self.shard.engine.config().shard, %error, "journal retention failed");
-                }
-            }
+            self.retire();
         }
         // Graceful end: the last batch was committed above; legs still queued for this shard
         // stay unapplied (they are in the sender's journal, see docs/design.md §14).
@@ -160,8 +247,141 @@ impl ShardWriter {
         }
     }
 
+    /// Archives journal segments every consumer is done with: covered by a snapshot, held by
+    /// the standby, flushed to the store.
+    fn retire(&mut self) {
+        let Some(snapshotter) = &self.snapshotter else {
+            return;
+        };
+        let mut covered = snapshotter.latest.load(Ordering::Acquire);
+        if let Some(floor) = self.gate.retention_floor() {
+            covered = covered.min(floor);
+        }
+        for floor in self
+            .retention_floors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            covered = covered.min(floor.load(Ordering::Acquire));
+        }
+        if covered > 0
+            && let Err(error) = self.shard.journal.retire_through(covered, true)
+        {
+            tracing::warn!(shard = self.shard.engine.config().shard, %error, "journal retention failed");
+        }
+    }
+
+    /// Standby: journals the primary's records as they are, then applies them.
+    fn replicate(&mut self, records: &[u8], effects: &mut Effects) -> Result<u64, String> {
+        let shard = self.shard.engine.config().shard;
+        let mut parsed = Vec::new();
+        let mut offset = 0;
+        let mut expected = self.shard.journal.next_sequence();
+        while offset < records.len() {
+            match parse_record(&records[offset..]) {
+                Parsed::Record(record) => {
+                    if record.sequence != expected {
+                        return Err(format!(
+                            "shard {shard}: received record {} where {expected} was expected",
+                            record.sequence
+                        ));
+                    }
+                    let command = decode_command(record.payload).map_err(|e| {
+                        format!(
+                            "shard {shard}: record {} does not decode: {e}",
+                            record.sequence
+                        )
+                    })?;
+                    parsed.push((
+                        record.sequence,
+                        record.epoch,
+                        record.timestamp_ns,
+                        record.payload,
+                        command,
+                    ));
+                    expected += 1;
+                    offset += record.bytes;
+                }
+                Parsed::End => {
+                    return Err(format!(
+                        "shard {shard}: zero bytes inside received records at offset {offset}"
+                    ));
+                }
+                Parsed::Invalid { reason, .. } => {
+                    return Err(format!(
+                        "shard {shard}: received record at offset {offset}: {reason}"
+                    ));
+                }
+            }
+        }
+        if parsed.is_empty() {
+            return Ok(self.shard.journal.durable_sequence());
+        }
+        for (sequence, epoch, timestamp_ns, payload, _) in &parsed {
+            if let Err(error) =
+                self.shard
+                    .journal
+                    .append_with_epoch(*sequence, *epoch, *timestamp_ns, payload)
+            {
+                self.stats.poisoned.store(true, Ordering::Release);
+                return Err(format!("shard {shard}: journal: {error}"));
+            }
+        }
+        let durable = match self.shard.journal.commit() {
+            Ok(durable) => durable,
+            Err(error) => {
+                self.stats.poisoned.store(true, Ordering::Release);
+                return Err(format!("shard {shard}: journal: {error}"));
+            }
+        };
+        let first = parsed[0].0;
+        let mut batch_events = Vec::new();
+        let mut last_timestamp = 0;
+        for (sequence, _, timestamp_ns, _, command) in &parsed {
+            let before = effects.events.len();
+            self.shard
+                .engine
+                .apply(*sequence, *timestamp_ns, command, effects);
+            batch_events.extend(effects.events[before..].iter().map(|e| (*sequence, *e)));
+            last_timestamp = *timestamp_ns;
+        }
+        // Legs are the primary's business: its journals carry them to the other shards.
+        effects.clear();
+        self.events.append(EventBatch {
+            first_sequence: first,
+            last_sequence: durable,
+            timestamp_ns: last_timestamp,
+            events: batch_events,
+        });
+        self.gate.mark_released(durable);
+        self.stats.last_sequence.store(durable, Ordering::Release);
+        self.stats
+            .durable_sequence
+            .store(durable, Ordering::Release);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .commands
+            .fetch_add(parsed.len() as u64, Ordering::Relaxed);
+        Ok(durable)
+    }
+
+    /// Standby -> primary of `epoch`: records from now on carry the new epoch, and legs
+    /// debited here and not settled are sent (again) to their shards.
+    fn promote(&mut self, epoch: u64) -> u64 {
+        self.primary = true;
+        self.shard.journal.set_epoch(epoch);
+        for leg in self.shard.engine.pending_credit_legs() {
+            let to = usize::from(leg.to.shard());
+            if let Some(peer) = self.peers.get(to) {
+                let _ = peer.send(Command::CreditLeg(leg));
+            }
+        }
+        self.shard.engine.last_sequence()
+    }
+
     fn take(
-        &self,
+        &mut self,
         request: Request,
         commands: &mut Vec<Command>,
         origins: &mut Vec<Origin>,
@@ -183,6 +403,17 @@ impl ShardWriter {
                 parts.push(reply);
             }
             Request::Query(query) => queries.push(query),
+            Request::Replicate { records, done } => {
+                if self.primary {
+                    done(Err(
+                        "this node is a primary: it takes no replicated records".into(),
+                    ));
+                    return;
+                }
+                let mut effects = Effects::default();
+                done(self.replicate(&records, &mut effects));
+            }
+            Request::Promote { epoch, done } => done(self.promote(epoch)),
         }
     }
 
@@ -192,6 +423,7 @@ impl ShardWriter {
         origins: &[Origin],
         effects: &mut Effects,
         payload: &mut Vec<u8>,
+        release: &mut Release,
     ) {
         let answer_all = |result: CommandResult| {
             for origin in origins {
@@ -247,25 +479,22 @@ impl ShardWriter {
                 reply.set(*index, CommandResult::Outcome(outcome));
             }
         }
-        self.events.append(EventBatch {
+        release.events = Some(EventBatch {
             first_sequence: first,
             last_sequence: first + commands.len() as u64 - 1,
             timestamp_ns,
             events: batch_events,
         });
         for message in effects.messages.drain(..) {
-            let (to, command) = match message {
+            release.messages.push(match message {
                 ShardMessage::Credit { to_shard, leg } => (to_shard, Command::CreditLeg(leg)),
                 ShardMessage::Settle { to_shard, leg } => (to_shard, Command::SettleLeg(leg)),
-            };
-            // Unbounded by design: the engine bounds transfers in flight, and a bounded channel
-            // here could deadlock two shards sending to each other.
-            if self.peers[usize::from(to)].send(command).is_err() {
-                tracing::warn!(to, "peer shard stopped; leg stays pending in the journal");
-            }
+            });
         }
         effects.clear();
         let last = first + commands.len() as u64 - 1;
+        release.last_sequence = last;
+        self.gate.committed();
         self.stats.last_sequence.store(last, Ordering::Release);
         self.stats
             .durable_sequence

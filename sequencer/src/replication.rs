@@ -1,0 +1,192 @@
+//! The replication gate: when a shard's results may leave the node.
+//!
+//! With a standby, a group commit's replies, events and cross-shard legs are handed to a
+//! releaser thread instead of going out at once; the releaser lets them go when the gate says
+//! the standby holds enough of the journal:
+//!
+//! - `sync`: the standby has made the batch durable (its `replica_ack` covers the batch's last
+//!   sequence). Nothing acknowledged can be lost with the primary. With no standby connected,
+//!   replies wait (clients time out and retry with the same keys): a sync primary never
+//!   acknowledges alone — that is the fencing that keeps a promoted standby authoritative.
+//! - `async`: the standby is at most `max_lag_records` behind; when it is disconnected for
+//!   `alone_after_ms` (or never connected since start), the primary carries on alone. What a
+//!   failover can lose: the acknowledged records the standby had not made durable — at most
+//!   `max_lag_records` while connected, everything after the link was lost once alone.
+//! - `off`: no standby; results go out directly from the writer (no releaser thread).
+//!
+//! Legs to other shards wait at the gate too: a credit journaled on shard B must never reach
+//! a standby whose copy of shard A lacks the matching debit.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How a primary waits for its standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    Off,
+    Async {
+        max_lag_records: u64,
+        alone_after_ms: u64,
+    },
+    Sync,
+}
+
+impl ReplicationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Off => "off",
+            ReplicationMode::Async { .. } => "async",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
+/// One shard's view of its standby, shared by the writer, the releaser and the node's
+/// replication stream.
+pub struct ReplicationGate {
+    mode: ReplicationMode,
+    /// Every record up to here is durable on the standby.
+    standby_durable: AtomicU64,
+    connected: AtomicBool,
+    /// A standby connected at least once since start (from then on retention waits for it).
+    ever_connected: AtomicBool,
+    /// When the standby last disconnected (`None`: never connected since start).
+    disconnected_at: Mutex<Option<Instant>>,
+    /// Sequence up to which results have been released.
+    released: AtomicU64,
+    changed: Condvar,
+    lock: Mutex<()>,
+    /// Called by the writer after each group commit (wakes the replication stream).
+    commit_hook: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ReplicationGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationGate")
+            .field("mode", &self.mode)
+            .field("standby_durable", &self.standby_durable)
+            .field("connected", &self.connected)
+            .finish()
+    }
+}
+
+impl ReplicationGate {
+    pub fn new(mode: ReplicationMode, standby_durable: u64) -> ReplicationGate {
+        ReplicationGate {
+            mode,
+            standby_durable: AtomicU64::new(standby_durable),
+            connected: AtomicBool::new(false),
+            ever_connected: AtomicBool::new(false),
+            disconnected_at: Mutex::new(None),
+            released: AtomicU64::new(0),
+            changed: Condvar::new(),
+            lock: Mutex::new(()),
+            commit_hook: OnceLock::new(),
+        }
+    }
+
+    pub fn mode(&self) -> ReplicationMode {
+        self.mode
+    }
+
+    pub fn standby_durable(&self) -> u64 {
+        self.standby_durable.load(Ordering::Acquire)
+    }
+
+    pub fn standby_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Sequence up to which replies and events have left the node.
+    pub fn released(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// A standby acknowledged `durable` (never moves back).
+    pub fn acknowledge(&self, durable: u64) {
+        self.standby_durable.fetch_max(durable, Ordering::AcqRel);
+        self.wake();
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        if connected {
+            self.ever_connected.store(true, Ordering::Release);
+        } else {
+            *self
+                .disconnected_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        self.wake();
+    }
+
+    /// Sets the hook the writer calls after each commit (once; later calls are ignored).
+    pub fn set_commit_hook(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.commit_hook.set(hook);
+    }
+
+    pub(crate) fn committed(&self) {
+        if let Some(hook) = self.commit_hook.get() {
+            hook();
+        }
+    }
+
+    fn wake(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// May results of records up to `sequence` leave the node now?
+    pub fn allows(&self, sequence: u64) -> bool {
+        match self.mode {
+            ReplicationMode::Off => true,
+            ReplicationMode::Sync => self.standby_durable() >= sequence,
+            ReplicationMode::Async {
+                max_lag_records,
+                alone_after_ms,
+            } => {
+                if self.standby_durable().saturating_add(max_lag_records) >= sequence {
+                    return true;
+                }
+                if self.standby_connected() {
+                    return false;
+                }
+                match *self
+                    .disconnected_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                {
+                    None => true,
+                    Some(at) => at.elapsed() >= Duration::from_millis(alone_after_ms),
+                }
+            }
+        }
+    }
+
+    /// Waits until [`allows`](Self::allows)`(sequence)`, or `stop` is set.
+    pub(crate) fn wait_for(&self, sequence: u64, stop: &AtomicBool) {
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.allows(sequence) && !stop.load(Ordering::Acquire) {
+            guard = self
+                .changed
+                .wait_timeout(guard, Duration::from_millis(5))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub(crate) fn mark_released(&self, sequence: u64) {
+        self.released.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// Journal retention must keep every record the standby does not have yet: once a
+    /// standby has connected since start, even while it is away (it resumes from where it
+    /// was). A standby that first connects after segments were archived cannot be served.
+    pub fn retention_floor(&self) -> Option<u64> {
+        let waits =
+            self.mode != ReplicationMode::Off && self.ever_connected.load(Ordering::Acquire);
+        waits.then(|| self.standby_durable())
+    }
+}
