@@ -140,10 +140,12 @@ pub enum Frame {
         last_epoch: u64,
         epoch: u64,
     },
-    /// Primary -> standby: accepted; the primary's epoch and the shard's epoch history.
+    /// Primary -> standby: accepted; the primary's epoch, its replication mode (0 off,
+    /// 1 async, 2 sync) and the shard's epoch history.
     ReplicaWelcome {
         shard: ShardId,
         epoch: u64,
+        mode: u8,
         history: Vec<EpochStart>,
     },
     /// Primary -> standby: whole journal records (the journal's framing, CRC32C each), in
@@ -302,8 +304,9 @@ fn encode_inner(
         Frame::ReplicaWelcome {
             shard,
             epoch,
+            mode,
             history,
-        } => replication::put_welcome(out, *shard, *epoch, history)?,
+        } => replication::put_welcome(out, *shard, *epoch, *mode, history)?,
         Frame::ReplicaRecords {
             shard,
             primary_durable,
@@ -557,6 +560,7 @@ fn decode_body(frame: &[u8]) -> Result<Frame> {
         FrameKind::ReplicaWelcome => Frame::ReplicaWelcome {
             shard: r.shard()?,
             epoch: r.u64()?,
+            mode: r.u8()?,
             history: replication::read_history(&mut r)?,
         },
         FrameKind::ReplicaRecords => Frame::ReplicaRecords {

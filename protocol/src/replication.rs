@@ -56,12 +56,14 @@ pub(crate) fn put_welcome(
     out: &mut Vec<u8>,
     shard: ShardId,
     epoch: u64,
+    mode: u8,
     history: &[EpochStart],
 ) -> std::result::Result<(), EncodeError> {
     check_shard(shard)?;
     crate::view::check_count("epoch history", history.len(), EPOCH_HISTORY_MAX)?;
     put_u16(out, shard);
     put_u64(out, epoch);
+    out.push(mode);
     put_count(out, history.len());
     for start in history {
         put_u64(out, start.epoch);

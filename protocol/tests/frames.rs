@@ -591,6 +591,7 @@ fn every_kind_is_covered_and_directions_are_set() {
         Frame::ReplicaWelcome {
             shard: 1,
             epoch: 2,
+            mode: 2,
             history: vec![paycore_protocol::EpochStart {
                 epoch: 2,
                 first_sequence: 7,

@@ -501,10 +501,11 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
                 epoch,
             }
         ),
-        1 => (0u16..1024, any::<u64>(), vec((any::<u64>(), any::<u64>()), 0..6)).prop_map(
-            |(shard, epoch, history)| Frame::ReplicaWelcome {
+        1 => (0u16..1024, any::<u64>(), any::<u8>(), vec((any::<u64>(), any::<u64>()), 0..6)).prop_map(
+            |(shard, epoch, mode, history)| Frame::ReplicaWelcome {
                 shard,
                 epoch,
+                mode,
                 history: history
                     .into_iter()
                     .map(|(epoch, first_sequence)| paycore_protocol::EpochStart {
