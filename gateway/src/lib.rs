@@ -1,6 +1,507 @@
-//! Gateway: the stateless public REST API (axum) in front of the core's QUIC protocol:
-//! accounts and auth, rate limits, idempotency at the HTTP edge, WebSocket and SSE streams.
+//! # paycore-gateway: the public REST API in front of the core
 //!
-//! **Not built yet** (issue 7).
+//! A stateless axum service: HTTP/1.1 JSON in front, the core's QUIC protocol behind (only
+//! through `paycore-client`), its own SQL store (SQLite file by default, PostgreSQL with
+//! `--postgres-url`) for users, tokens, KYC, transaction history and HTTP idempotency records.
+//! Several gateways may run side by side on one store and one core.
+//!
+//! What is built (issue 7), under `/api/v1`:
+//! - operations: `/health`, `/ready` (core and store reachable), `/metrics` (Prometheus text),
+//!   JSON access logs with request ids (`x-request-id`), a body-size cap, RFC 9457
+//!   problem+json errors with stable codes for every failure (no input produces a 500);
+//! - users: register (argon2id), login (HS256 access token with the seed's claims + `aud`,
+//!   rotating refresh tokens with reuse detection), refresh, logout (revokes the access
+//!   token and the refresh tokens), profile GET/PUT, KYC submit and status;
+//! - wallets: open one per currency, list mine, get one (balance, available, frozen);
+//! - transactions: P2P send with a required `Idempotency-Key` (same key + same body replays,
+//!   another body 422, still running 409), get by id, history with cursor pagination;
+//! - deposits and withdrawals: provider webhooks signed with HMAC-SHA256 over
+//!   `timestamp.body` with a tolerance window (`deposit.succeeded`, `withdrawal.paid`,
+//!   `withdrawal.failed`), withdrawal requests that place a hold;
+//! - admin: freeze / unfreeze a wallet, approve / reject KYC (sets the user's tier in the core);
+//! - rate limits in process (per tier per second, per endpoint per minute), 429 with
+//!   `Retry-After` and `RateLimit-*` headers.
+//!
+//! **Not built**: 2FA (TOTP), WebSocket and SSE streams, a Redis-shared rate limiter, the
+//! OpenAPI document. Their routes do not exist (404).
+//!
+//! A user can only ever touch wallets whose owner in the core is their own user id: every
+//! wallet route asks the core for the wallet and compares its owner (a wallet of someone else
+//! answers 404, like a missing one).
 
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod core;
+pub mod error;
+mod extract;
+pub mod metrics;
+pub mod ratelimit;
+mod routes;
+pub mod time;
+pub mod users;
+
+pub use routes::webhooks::sign as sign_webhook;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use paycore_client::ClientConfig;
+use paycore_engine::{CurrencyCode, Op, Outcome, Reject};
+
+use crate::error::{ApiError, REQUEST_ID};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Limiter, Limits};
+use crate::users::Store;
+
+/// Settings of `paycore gateway` (each also read from a `PAYCORE_GATEWAY_…` variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// The core node's QUIC address.
+    #[arg(long, env = "PAYCORE_GATEWAY_CORE", default_value = "127.0.0.1:7400")]
+    pub core: SocketAddr,
+    /// Trust for the core's certificate: a DER file, or its SHA-256 fingerprint (64 hex digits).
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_TRUST",
+        default_value = "./paycore-data/tls/cert.der"
+    )]
+    pub trust: String,
+    /// HTTP listen address.
+    #[arg(long, env = "PAYCORE_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite file of the gateway's store (used unless --postgres-url is given).
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_SQLITE",
+        default_value = "./paycore-data/gateway.sqlite"
+    )]
+    pub sqlite: PathBuf,
+    /// PostgreSQL URL of the gateway's store, e.g. postgres://postgres@127.0.0.1:5432/test.
+    #[arg(long, env = "DATABASE_URL")]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema to create and use (default: the connection's search path).
+    #[arg(long, env = "PAYCORE_GATEWAY_POSTGRES_SCHEMA")]
+    pub postgres_schema: Option<String>,
+    /// HMAC key of access tokens; every gateway of a deployment needs the same one. Without
+    /// it a random key is drawn at start (tokens die with the process).
+    #[arg(long, env = "PAYCORE_GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Audience (`aud`) put in and required of access tokens.
+    #[arg(long, env = "PAYCORE_GATEWAY_JWT_AUDIENCE", default_value = "paycore")]
+    pub jwt_audience: String,
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "PAYCORE_GATEWAY_ACCESS_TOKEN_SECS", default_value_t = 900)]
+    pub access_token_secs: i64,
+    /// Lifetime of a refresh token, in seconds.
+    #[arg(long, env = "PAYCORE_GATEWAY_REFRESH_TOKEN_SECS", default_value_t = 30 * 86_400)]
+    pub refresh_token_secs: i64,
+    /// HMAC-SHA256 key of provider webhooks. Without it webhooks are refused.
+    #[arg(long, env = "PAYCORE_GATEWAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// How far a webhook's timestamp may be from now, in seconds.
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_WEBHOOK_TOLERANCE_SECS",
+        default_value_t = 300
+    )]
+    pub webhook_tolerance_secs: i64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "PAYCORE_GATEWAY_BODY_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub body_bytes_max: usize,
+    /// Currencies registered in the core at start, CODE:SCALE, comma-separated.
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_CURRENCIES",
+        default_value = "USD:2,EUR:2,GBP:2,JPY:0,BTC:8,ETH:18"
+    )]
+    pub currencies: String,
+    /// E-mail addresses that get the admin role when they register, comma-separated.
+    #[arg(long, env = "PAYCORE_GATEWAY_ADMIN_EMAILS", default_value = "")]
+    pub admin_emails: String,
+    /// `seed` (the seed's limits) or `off` (benchmarks).
+    #[arg(long, env = "PAYCORE_GATEWAY_RATE_LIMITS", default_value = "seed")]
+    pub rate_limits: String,
+}
+
+impl GatewayArgs {
+    /// Every default, talking to `core` trusting `trust`, listening on `listen`.
+    pub fn defaults(core: SocketAddr, trust: String, listen: SocketAddr) -> GatewayArgs {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: GatewayArgs,
+        }
+        // The defaults above all parse; only an environment variable can be invalid.
+        let mut args = Wrapper::try_parse_from(["gateway"])
+            .map(|w| w.args)
+            .unwrap_or_else(|_| GatewayArgs {
+                core,
+                trust: trust.clone(),
+                listen,
+                sqlite: "./paycore-data/gateway.sqlite".into(),
+                postgres_url: None,
+                postgres_schema: None,
+                jwt_secret: None,
+                jwt_audience: "paycore".into(),
+                access_token_secs: 900,
+                refresh_token_secs: 30 * 86_400,
+                webhook_secret: None,
+                webhook_tolerance_secs: 300,
+                body_bytes_max: 64 * 1024,
+                currencies: "USD:2,EUR:2,GBP:2,JPY:0,BTC:8,ETH:18".into(),
+                admin_emails: String::new(),
+                rate_limits: "seed".into(),
+            });
+        args.core = core;
+        args.trust = trust;
+        args.listen = listen;
+        args
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub args: GatewayArgs,
+    pub store: Store,
+    pub core: core::Core,
+    pub jwt: auth::Jwt,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Limiter,
+    pub webhook_key: Option<ring::hmac::Key>,
+    pub admin_emails: Vec<String>,
+    /// Currencies the gateway registered: code -> scale.
+    pub currencies: BTreeMap<CurrencyCode, u8>,
+    /// A valid argon2id hash of nothing in particular: login verifies against it when the
+    /// e-mail is unknown, so that unknown and known e-mails take the same time.
+    pub dummy_hash: String,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Shared,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Stops accepting, lets requests in flight finish, and returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn parse_currencies(text: &str) -> Result<BTreeMap<CurrencyCode, u8>, String> {
+    let mut out = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (code, scale) = item
+            .split_once(':')
+            .ok_or_else(|| format!("currency {item:?} is not CODE:SCALE"))?;
+        let code = CurrencyCode::parse(code).map_err(|e| format!("currency {code:?}: {e}"))?;
+        let scale: u8 = scale
+            .parse()
+            .ok()
+            .filter(|s| *s <= paycore_engine::currency::CURRENCY_SCALE_MAX)
+            .ok_or_else(|| format!("currency {item:?}: scale must be 0..=18"))?;
+        out.insert(code, scale);
+    }
+    Ok(out)
+}
+
+fn client_config(args: &GatewayArgs) -> ClientConfig {
+    let mut config = ClientConfig::new(args.core, PathBuf::from(&args.trust));
+    config.trust_sha256 = paycore_client::parse_fingerprint(&args.trust);
+    config.request_timeout_ms = 5_000;
+    config
+}
+
+/// Builds the state (store opened, schema created) without serving.
+pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = match &args.postgres_url {
+        Some(url) => Store::postgres(url, args.postgres_schema.as_deref()).await,
+        None => Store::sqlite(&args.sqlite).await,
+    }
+    .map_err(|e| format!("gateway store: {e}"))?;
+    let limits = match args.rate_limits.as_str() {
+        "seed" => Some(Limits::SEED),
+        "off" => None,
+        other => return Err(format!("--rate-limits {other:?}: expected seed or off")),
+    };
+    let secret = match &args.jwt_secret {
+        Some(secret) if secret.len() >= 32 => secret.as_bytes().to_vec(),
+        Some(_) => return Err("--jwt-secret must be at least 32 bytes".into()),
+        None => {
+            tracing::warn!("no --jwt-secret: a random key is used; tokens die with this process");
+            auth::random_bytes::<32>().to_vec()
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let currencies = parse_currencies(&args.currencies)?;
+    let dummy_hash = auth::hash_password("not a password".into())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(AppState {
+        store,
+        core: core::Core::new(client_config(&args), metrics.clone()),
+        jwt: auth::Jwt::new(&secret, &args.jwt_audience),
+        metrics,
+        limiter: Limiter::new(limits),
+        webhook_key: args
+            .webhook_secret
+            .as_ref()
+            .map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
+        admin_emails: args
+            .admin_emails
+            .split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        currencies,
+        dummy_hash,
+        args,
+    }))
+}
+
+/// Registers the configured currencies in the core (an existing one is fine); retried in the
+/// background until the core answers.
+async fn register_currencies(state: Shared) {
+    for (code, scale) in state.currencies.clone() {
+        let key = format!("gw:currency:{}:{scale}", code.as_str());
+        loop {
+            match state
+                .core
+                .submit(&key, Op::RegisterCurrency { code, scale })
+                .await
+            {
+                Ok(Outcome::Ok(_)) | Ok(Outcome::Rejected(Reject::CurrencyExists)) => break,
+                Ok(other) => {
+                    tracing::error!(currency = code.as_str(), ?other, "currency not registered");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "core not reachable yet; registering currencies later");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: Shared) -> Router {
+    routes::routes()
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(state.args.body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Serves `state` on its listen address until `stop`.
+pub async fn start_with(state: Shared) -> Result<Gateway, String> {
+    let listener = tokio::net::TcpListener::bind(state.args.listen)
+        .await
+        .map_err(|e| format!("{}: {e}", state.args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(register_currencies(state.clone()));
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "gateway server failed");
+        }
+    });
+    tracing::info!(%addr, store = state.store.engine_name(), "gateway listening");
+    Ok(Gateway {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Opens the store and serves (inside a tokio runtime).
+pub async fn start(args: GatewayArgs) -> Result<Gateway, String> {
+    start_with(state(args).await?).await
+}
+
+/// The JSON log subscriber of `paycore gateway`.
+fn json_logs() -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .finish()
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let dispatch = tracing::Dispatch::new(json_logs());
+    let for_threads = dispatch.clone();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("paycore-gateway")
+        .on_thread_start(move || {
+            // The process may have a global subscriber already (the paycore binary's plain
+            // one): the gateway's threads log JSON regardless. The guard lives as long as the
+            // thread.
+            std::mem::forget(tracing::dispatcher::set_default(&for_threads));
+        })
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `paycore gateway`: serve until SIGINT or SIGTERM.
+pub fn run(args: GatewayArgs) -> Result<(), String> {
+    let runtime = runtime()?;
+    let _logs = tracing::dispatcher::set_default(&tracing::Dispatch::new(json_logs()));
+    runtime.block_on(async {
+        let gateway = start(args).await?;
+        println!(
+            "paycore gateway: http://{} (core {}, store {})",
+            gateway.addr,
+            gateway.state.args.core,
+            gateway.state.store.engine_name()
+        );
+        wait_for_signal().await;
+        gateway.stop().await;
+        Ok(())
+    })
+}
+
+/// Starts a gateway on its own thread and runtime (for `paycore up`); returns once it
+/// listens, or the reason it could not.
+pub fn spawn_gateway(args: GatewayArgs) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready, listening) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("paycore-gateway".into())
+        .spawn(move || {
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match start(args).await {
+                    Ok(gateway) => {
+                        println!("paycore gateway: http://{}", gateway.addr);
+                        let _ = ready.send(Ok(()));
+                        std::future::pending::<()>().await;
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                    }
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    listening
+        .recv()
+        .map_err(|_| "gateway thread ended".to_string())??;
+    Ok(thread)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Longest request id accepted from a client.
+const REQUEST_ID_BYTES_MAX: usize = 64;
+
+/// Request id, access log, metrics, and problem+json for the errors axum answers itself.
+async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_BYTES_MAX
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| auth::hex(&auth::random_bytes::<8>()), str::to_owned);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        // A rejection axum produced (wrong method, body too large…): same shape as ours.
+        let detail = status.canonical_reason().unwrap_or("error");
+        response = REQUEST_ID
+            .scope(id.clone(), async {
+                ApiError::new(status, error::code_of_status(status), detail).into_response()
+            })
+            .await;
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .request(method.as_str(), &route, status.as_u16(), seconds);
+    if status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        state.metrics.count(
+            "paycore_gateway_rate_limited_total",
+            format!("route=\"{route}\""),
+        );
+    }
+    tracing::info!(
+        target: "paycore_gateway::access",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}

@@ -5,6 +5,7 @@
 //! hidden `torture` child for crash tests. Each subcommand's `--help` explains its flags.
 
 mod config_file;
+mod gateway_command;
 mod snapshot_command;
 
 use paycore::{node, torture};
@@ -42,6 +43,9 @@ enum Action {
     /// the folder lock refuses otherwise). Recovers each shard (snapshot + journal), writes a new
     /// snapshot at its last sequence, prunes old ones and archives journal segments it covers.
     Snapshot(snapshot_command::SnapshotArgs),
+    /// Run the HTTP gateway (REST API, auth, rate limits) in front of a core node. Every flag
+    /// also reads an environment variable (PAYCORE_GATEWAY_…; DATABASE_URL for PostgreSQL).
+    Gateway(gateway_command::GatewayArgs),
     /// A shard under load for crash tests (prints ACK lines; meant to be killed).
     #[command(hide = true)]
     Torture(torture::TortureArgs),
@@ -64,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Action::Up => report(up()),
         Action::Node(args) => report(node::run_node(args)),
         Action::Demo => demo(),
+        Action::Gateway(args) => report(gateway_command::run(args)),
         Action::Snapshot(args) => report(snapshot_command::run(args)),
         Action::Torture(args) => report(torture::run(args)),
     }

@@ -1,0 +1,120 @@
+//! Extractors that answer problem+json: the authenticated user (bearer token, revocation,
+//! per-tier rate limit), JSON bodies (400 for bad JSON, 422 for a wrong shape) and the
+//! client's address.
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::Shared;
+use crate::auth::Claims;
+use crate::error::ApiError;
+use crate::ratelimit::Scope;
+use crate::users::parse_tier;
+
+/// The caller, from a valid, unrevoked access token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub claims: Claims,
+    pub tier: paycore_engine::Tier,
+}
+
+impl AuthUser {
+    pub fn id(&self) -> &str {
+        &self.claims.sub
+    }
+
+    /// The engine's user id (the UUID's 128-bit value).
+    pub fn engine_user(&self) -> paycore_engine::UserId {
+        paycore_engine::UserId(uuid::Uuid::parse_str(&self.claims.sub).map_or(0, |u| u.as_u128()))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.claims.role == "admin"
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("admin role required"))
+        }
+    }
+}
+
+impl FromRequestParts<Shared> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
+        let claims = state.jwt.decode(token.trim(), crate::time::now_secs())?;
+        let tier = parse_tier(&claims.tier)
+            .ok_or_else(|| ApiError::unauthorized("access token has an unknown tier"))?;
+        if uuid::Uuid::parse_str(&claims.sub).is_err() {
+            return Err(ApiError::unauthorized("access token has a bad subject"));
+        }
+        if state
+            .store
+            .is_revoked(&claims.jti)
+            .await
+            .map_err(store_error)?
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "token_revoked",
+                "access token was revoked (logged out)",
+            ));
+        }
+        state.limiter.check(Scope::Tier, &claims.sub, tier)?;
+        Ok(AuthUser { claims, tier })
+    }
+}
+
+/// The client's address (for limits on unauthenticated routes).
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<Shared> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, ApiError> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        Ok(ClientAddr(addr))
+    }
+}
+
+/// Parses a JSON body: 400 `malformed_json` for bad JSON, 422 `invalid_body` for JSON of the
+/// wrong shape (missing field, wrong type, unknown field).
+pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::bad_request("malformed_json", e.to_string())
+            }
+        }
+    })
+}
+
+/// A store failure as an answer: 503 if the database is unreachable, 500 otherwise.
+pub fn store_error(error: crate::users::StoreError) -> ApiError {
+    match error {
+        crate::users::StoreError::Unavailable(reason) => {
+            tracing::warn!(%reason, "store unavailable");
+            ApiError::unavailable("store_unavailable", "the store cannot be reached; retry")
+        }
+        other => ApiError::internal(other),
+    }
+}

@@ -1,0 +1,163 @@
+//! `/api/v1/admin/…`: freeze and unfreeze wallets, review KYC. Admins only (role claim).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use paycore_engine::{Op, Tier};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Shared;
+use crate::auth;
+use crate::error::ApiError;
+use crate::extract::{AuthUser, json, store_error};
+use crate::routes::wallets::{applied, engine_user, parse_wallet_id, wallet_json, wallet_view};
+use crate::time::now_ms;
+use crate::users::{parse_tier, tier_name};
+
+async fn set_frozen(
+    state: Shared,
+    admin: AuthUser,
+    id: String,
+    freeze: bool,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require_admin()?;
+    let wallet = parse_wallet_id(&id)?;
+    let op = if freeze {
+        Op::FreezeWallet { wallet }
+    } else {
+        Op::UnfreezeWallet { wallet }
+    };
+    applied(
+        state
+            .core
+            .submit(&format!("gw:admin:{}", auth::random_uuid()), op)
+            .await?,
+    )?;
+    tracing::info!(admin = admin.id(), wallet = %wallet, freeze, "wallet status changed");
+    let view = wallet_view(&state, wallet)
+        .await?
+        .ok_or_else(|| ApiError::not_found("wallet_not_found", "no such wallet"))?;
+    Ok(Json(wallet_json(&view)))
+}
+
+pub async fn freeze(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_frozen(state, admin, id, true).await
+}
+
+pub async fn unfreeze(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_frozen(state, admin, id, false).await
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Review {
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn review_body(body: &[u8]) -> Result<Review, ApiError> {
+    if body.is_empty() {
+        Ok(Review::default())
+    } else {
+        json(body)
+    }
+}
+
+fn valid_user(id: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("user_not_found", "no such user"))
+}
+
+pub async fn kyc_approve(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require_admin()?;
+    let review = review_body(&body)?;
+    let user_id = valid_user(&user_id)?;
+    let tier = match review.tier.as_deref() {
+        None => Tier::Verified,
+        Some(text) => parse_tier(text)
+            .filter(|t| *t != Tier::Unverified)
+            .ok_or_else(|| {
+                ApiError::unprocessable("tier_invalid", "tier is verified or premium")
+            })?,
+    };
+    let reviewed = state
+        .store
+        .kyc_review(&user_id, true, admin.id(), None, now_ms())
+        .await
+        .map_err(store_error)?;
+    if !reviewed {
+        return Err(ApiError::conflict(
+            "kyc_not_pending",
+            "no pending KYC submission for this user",
+        ));
+    }
+    // The core's velocity limits follow the tier; the store's copy feeds the next token.
+    let op = Op::SetTier {
+        user: engine_user(&user_id),
+        tier,
+    };
+    applied(
+        state
+            .core
+            .submit(&format!("gw:admin:{}", auth::random_uuid()), op)
+            .await?,
+    )?;
+    state
+        .store
+        .set_tier(&user_id, tier, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(
+        json!({ "user_id": user_id, "status": "approved", "tier": tier_name(tier) }),
+    ))
+}
+
+pub async fn kyc_reject(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require_admin()?;
+    let review = review_body(&body)?;
+    let user_id = valid_user(&user_id)?;
+    let reason = review.reason.unwrap_or_default();
+    if reason.len() > 500 {
+        return Err(ApiError::unprocessable(
+            "reason_invalid",
+            "reason has at most 500 bytes",
+        ));
+    }
+    let reviewed = state
+        .store
+        .kyc_review(&user_id, false, admin.id(), Some(&reason), now_ms())
+        .await
+        .map_err(store_error)?;
+    if !reviewed {
+        return Err(ApiError::conflict(
+            "kyc_not_pending",
+            "no pending KYC submission for this user",
+        ));
+    }
+    Ok(Json(
+        json!({ "user_id": user_id, "status": "rejected", "reason": reason }),
+    ))
+}

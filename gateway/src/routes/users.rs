@@ -1,0 +1,349 @@
+//! `/api/v1/users/…`: register, login, refresh, logout, profile, KYC.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Shared;
+use crate::auth::{self, Claims};
+use crate::error::ApiError;
+use crate::extract::{AuthUser, ClientAddr, json, store_error};
+use crate::ratelimit::Scope;
+use crate::time::{now_ms, now_secs, rfc3339};
+use crate::users::{RefreshUse, Role, User, tier_name};
+
+const EMAIL_BYTES_MAX: usize = 254;
+const PASSWORD_CHARS_MIN: usize = 8;
+const PASSWORD_BYTES_MAX: usize = 128;
+const NAME_CHARS_MAX: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Register {
+    email: String,
+    password: String,
+    #[serde(default)]
+    full_name: String,
+}
+
+fn valid_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_ascii_lowercase();
+    let ok = email.len() <= EMAIL_BYTES_MAX
+        && email.is_ascii()
+        && !email
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        && matches!(email.split_once('@'), Some((local, domain))
+            if !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+                && !domain.ends_with('.') && !domain.contains('@'));
+    if ok {
+        Ok(email)
+    } else {
+        Err(ApiError::unprocessable(
+            "email_invalid",
+            "email is not a valid address",
+        ))
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "full_name_invalid",
+            format!("full_name has at most {NAME_CHARS_MAX} characters and no control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn profile(user: &User) -> serde_json::Value {
+    json!({
+        "id": user.id,
+        "email": user.email,
+        "full_name": user.full_name,
+        "role": user.role.as_str(),
+        "tier": tier_name(user.tier),
+        "two_factor_enabled": user.totp_enabled,
+        "created_at": rfc3339(user.created_at_ms),
+    })
+}
+
+pub async fn register(
+    State(state): State<Shared>,
+    ClientAddr(addr): ClientAddr,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    state
+        .limiter
+        .check(Scope::Address, &addr, paycore_engine::Tier::Unverified)?;
+    let request: Register = json(&body)?;
+    let email = valid_email(&request.email)?;
+    let full_name = valid_name(&request.full_name)?;
+    let length = request.password.chars().count();
+    if length < PASSWORD_CHARS_MIN || request.password.len() > PASSWORD_BYTES_MAX {
+        return Err(ApiError::unprocessable(
+            "password_invalid",
+            format!("password has {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} bytes"),
+        ));
+    }
+    let role = if state.admin_emails.contains(&email) {
+        Role::Admin
+    } else {
+        Role::User
+    };
+    let now = now_ms();
+    let user = User {
+        id: auth::random_uuid().to_string(),
+        email,
+        password_hash: auth::hash_password(request.password).await?,
+        full_name,
+        role,
+        tier: paycore_engine::Tier::Unverified,
+        totp_secret: None,
+        totp_enabled: false,
+        created_at_ms: now,
+    };
+    match state.store.create_user(&user).await {
+        Ok(()) => Ok((StatusCode::CREATED, Json(profile(&user)))),
+        Err(crate::users::StoreError::Duplicate) => Err(ApiError::conflict(
+            "email_taken",
+            "an account with this email exists",
+        )),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+/// An access token and a new refresh token in `family`.
+async fn issue_tokens(
+    state: &Shared,
+    user: &User,
+    family: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let now = now_secs();
+    let claims = Claims {
+        sub: user.id.clone(),
+        email: user.email.clone(),
+        role: user.role.as_str().into(),
+        tier: tier_name(user.tier).into(),
+        iat: now,
+        exp: now + state.args.access_token_secs,
+        jti: auth::random_uuid().to_string(),
+        aud: state.jwt.audience.clone(),
+    };
+    let refresh = auth::random_token();
+    state
+        .store
+        .insert_refresh(
+            &auth::token_hash(&refresh),
+            &user.id,
+            family,
+            (now + state.args.refresh_token_secs) * 1000,
+            now * 1000,
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(json!({
+        "access_token": state.jwt.encode(&claims),
+        "token_type": "Bearer",
+        "expires_in": state.args.access_token_secs,
+        "refresh_token": refresh,
+    }))
+}
+
+pub async fn login(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: Login = json(&body)?;
+    let email = request.email.trim().to_ascii_lowercase();
+    if email.len() > EMAIL_BYTES_MAX || request.password.len() > PASSWORD_BYTES_MAX {
+        return Err(ApiError::unauthorized("wrong email or password"));
+    }
+    state
+        .limiter
+        .check(Scope::Login, &email, paycore_engine::Tier::Unverified)?;
+    let user = state
+        .store
+        .user_by_email(&email)
+        .await
+        .map_err(store_error)?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| state.dummy_hash.clone(), |u| u.password_hash.clone());
+    let matches = auth::verify_password(request.password, hash).await?;
+    let Some(user) = user.filter(|_| matches) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "credentials_invalid",
+            "wrong email or password",
+        ));
+    };
+    let family = auth::random_uuid().to_string();
+    Ok(Json(issue_tokens(&state, &user, &family).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refresh {
+    refresh_token: String,
+}
+
+pub async fn refresh(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: Refresh = json(&body)?;
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "refresh_token_invalid",
+            "refresh token is unknown, expired, revoked or already used",
+        )
+    };
+    if request.refresh_token.len() > 256 {
+        return Err(invalid());
+    }
+    let used = state
+        .store
+        .use_refresh(&auth::token_hash(&request.refresh_token), now_ms())
+        .await
+        .map_err(store_error)?;
+    let RefreshUse::Rotated { user_id, family } = used else {
+        return Err(invalid());
+    };
+    let user = state
+        .store
+        .user_by_id(&user_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(invalid)?;
+    Ok(Json(issue_tokens(&state, &user, &family).await?))
+}
+
+pub async fn logout(
+    State(state): State<Shared>,
+    user: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    state
+        .store
+        .revoke_jti(&user.claims.jti, user.claims.exp * 1000)
+        .await
+        .map_err(store_error)?;
+    state
+        .store
+        .revoke_user_refresh_tokens(user.id())
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn current(state: &Shared, user: &AuthUser) -> Result<User, ApiError> {
+    state
+        .store
+        .user_by_id(user.id())
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
+}
+
+pub async fn get_profile(
+    State(state): State<Shared>,
+    user: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(profile(&current(&state, &user).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileUpdate {
+    full_name: String,
+}
+
+pub async fn put_profile(
+    State(state): State<Shared>,
+    user: AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: ProfileUpdate = json(&body)?;
+    let name = valid_name(&request.full_name)?;
+    state
+        .store
+        .update_full_name(user.id(), &name, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(profile(&current(&state, &user).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KycSubmit {
+    document_type: String,
+    document_number: String,
+}
+
+const DOCUMENT_TYPES: [&str; 3] = ["passport", "id_card", "driver_license"];
+
+pub async fn kyc_submit(
+    State(state): State<Shared>,
+    user: AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: KycSubmit = json(&body)?;
+    if !DOCUMENT_TYPES.contains(&request.document_type.as_str()) {
+        return Err(ApiError::unprocessable(
+            "document_type_invalid",
+            format!("document_type is one of {DOCUMENT_TYPES:?}"),
+        ));
+    }
+    let number = request.document_number.trim();
+    if !(4..=32).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::unprocessable(
+            "document_number_invalid",
+            "document_number has 4 to 32 letters or digits",
+        ));
+    }
+    // Only the last four characters are kept: the document itself goes to the KYC provider.
+    let last4 = &number[number.len() - 4..];
+    let submitted = state
+        .store
+        .kyc_submit(user.id(), &request.document_type, last4, now_ms())
+        .await
+        .map_err(store_error)?;
+    if !submitted {
+        return Err(ApiError::conflict(
+            "kyc_already_approved",
+            "KYC is approved already",
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "pending" }))))
+}
+
+pub async fn kyc_status(
+    State(state): State<Shared>,
+    user: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let kyc = state.store.kyc(user.id()).await.map_err(store_error)?;
+    Ok(Json(match kyc {
+        None => json!({ "status": "not_submitted" }),
+        Some(kyc) => json!({
+            "status": kyc.status,
+            "document_type": kyc.document_type,
+            "document_last4": kyc.document_last4,
+            "submitted_at": rfc3339(kyc.submitted_at_ms),
+            "reviewed_at": kyc.reviewed_at_ms.map(rfc3339),
+            "reason": kyc.reason,
+        }),
+    }))
+}

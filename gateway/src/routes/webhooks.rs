@@ -1,0 +1,277 @@
+//! Provider webhooks: `POST /api/v1/webhooks/provider`, signed like the big payment providers
+//! sign theirs — header `Paycore-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+//! "<t>.<body>">`, refused outside a tolerance window (replays of old captures).
+//!
+//! Events: `deposit.succeeded` (money arrived for a wallet), `withdrawal.paid` (the provider
+//! paid a withdrawal out: the hold is captured to settlement), `withdrawal.failed` (released).
+//! Each event id is applied once (the core's idempotency key is derived from it).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use paycore_engine::amount::{format_amount, parse_amount};
+use paycore_engine::{Applied, HoldId, Op, Outcome, Reject, UserId};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::extract::{json, store_error};
+use crate::routes::wallets::{
+    applied, parse_currency, parse_wallet_id, wallet_id_text, wallet_view,
+};
+use crate::time::{now_ms, now_secs};
+use crate::users::TransactionRecord;
+
+/// Longest provider event id, in bytes.
+const EVENT_ID_BYTES_MAX: usize = 100;
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deposit {
+    wallet_id: String,
+    amount: String,
+    currency: String,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithdrawalUpdate {
+    withdrawal_id: String,
+}
+
+fn bad_signature(detail: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "signature_invalid",
+        detail.to_owned(),
+    )
+}
+
+/// Checks `Paycore-Signature` over `body` at `now`.
+pub fn verify_signature(
+    key: &ring::hmac::Key,
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), ApiError> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+            Some(("v1", s)) => signatures.push(s),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or_else(|| bad_signature("signature has no timestamp"))?;
+    if (now - timestamp).abs() > tolerance_secs {
+        return Err(bad_signature(
+            "signature timestamp outside the tolerance window",
+        ));
+    }
+    let mut signed = timestamp.to_string().into_bytes();
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    for signature in signatures {
+        let Some(tag) = unhex(signature) else {
+            continue;
+        };
+        if ring::hmac::verify(key, &signed, &tag).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(bad_signature("no valid v1 signature"))
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || text.len() > 128 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The header value a provider sends for `body` at `timestamp` (tests and tools use it).
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut signed = timestamp.to_string().into_bytes();
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let tag = ring::hmac::sign(&key, &signed);
+    format!("t={timestamp},v1={}", crate::auth::hex(tag.as_ref()))
+}
+
+pub async fn provider(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = state.webhook_key.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "webhooks_disabled",
+            "no webhook secret configured",
+        )
+    })?;
+    let header = headers
+        .get("paycore-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| bad_signature("missing Paycore-Signature header"))?;
+    verify_signature(
+        key,
+        header,
+        &body,
+        now_secs(),
+        state.args.webhook_tolerance_secs,
+    )?;
+    let event: Event = json(&body)?;
+    if event.id.is_empty()
+        || event.id.len() > EVENT_ID_BYTES_MAX
+        || !event.id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::unprocessable(
+            "event_id_invalid",
+            "event id has 1 to 100 visible ASCII characters",
+        ));
+    }
+    let engine_key = format!("gw:webhook:{}", event.id);
+    let data = |value: serde_json::Value| value;
+    match event.kind.as_str() {
+        "deposit.succeeded" => {
+            let deposit: Deposit = serde_json::from_value(data(event.data))
+                .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
+            let currency = parse_currency(&deposit.currency)?;
+            let wallet = parse_wallet_id(&deposit.wallet_id)?;
+            let view = wallet_view(&state, wallet)
+                .await?
+                .filter(|v| v.user != UserId::SYSTEM)
+                .ok_or_else(|| ApiError::not_found("wallet_not_found", "no such wallet"))?;
+            if view.currency != currency {
+                return Err(ApiError::unprocessable(
+                    "currency_mismatch",
+                    "currency is not the wallet's",
+                ));
+            }
+            let amount = parse_amount(&deposit.amount, view.scale)
+                .map_err(|e| ApiError::unprocessable("amount_invalid", e.to_string()))?;
+            let op = Op::Deposit {
+                wallet,
+                amount,
+                currency,
+            };
+            let Applied::Transferred { transfer, pending } =
+                applied(state.core.submit(&engine_key, op).await?)?
+            else {
+                return Err(ApiError::internal("deposit applied without a transfer"));
+            };
+            let record = TransactionRecord {
+                id: transfer.to_string(),
+                kind: "deposit".into(),
+                from_wallet: None,
+                to_wallet: Some(wallet_id_text(wallet)),
+                from_user: None,
+                to_user: Some(uuid::Uuid::from_u128(view.user.0).to_string()),
+                amount: format_amount(amount as i128, view.scale),
+                currency: currency.as_str().to_owned(),
+                status: if pending { "pending" } else { "completed" }.into(),
+                reference: deposit.reference,
+                created_at_ms: now_ms(),
+            };
+            state
+                .store
+                .insert_transaction(&record)
+                .await
+                .map_err(store_error)?;
+            Ok(Json(
+                json!({ "received": true, "transaction_id": record.id }),
+            ))
+        }
+        "withdrawal.paid" | "withdrawal.failed" => {
+            let update: WithdrawalUpdate = serde_json::from_value(event.data)
+                .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
+            let missing = || ApiError::not_found("withdrawal_not_found", "no such withdrawal");
+            let id = uuid::Uuid::parse_str(&update.withdrawal_id)
+                .map_err(|_| missing())?
+                .to_string();
+            let (record, _) = state
+                .store
+                .transaction(&id)
+                .await
+                .map_err(store_error)?
+                .filter(|(r, _)| r.kind == "withdrawal")
+                .ok_or_else(missing)?;
+            let hold = record
+                .reference
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+                .map(HoldId)
+                .ok_or_else(|| ApiError::internal("withdrawal without a hold"))?;
+            let paid = event.kind == "withdrawal.paid";
+            let op = if paid {
+                Op::Capture {
+                    hold,
+                    amount: None,
+                    to: None,
+                }
+            } else {
+                Op::Release { hold }
+            };
+            let status = if paid { "completed" } else { "cancelled" };
+            match state.core.submit(&engine_key, op).await? {
+                Outcome::Ok(_) => {}
+                // Settled before (by another event id): fine if it ended the same way.
+                Outcome::Rejected(Reject::HoldClosed) if record.status == status => {}
+                other => {
+                    return Err(applied(other)
+                        .err()
+                        .unwrap_or_else(|| ApiError::internal("?")));
+                }
+            }
+            state
+                .store
+                .set_transaction_status(&id, status)
+                .await
+                .map_err(store_error)?;
+            Ok(Json(
+                json!({ "received": true, "transaction_id": id, "status": status }),
+            ))
+        }
+        other => Err(ApiError::unprocessable(
+            "event_type_unknown",
+            format!("event type {other:?} is not handled"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_within_the_window_only() {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"whsec");
+        let header = sign(b"whsec", 1000, b"{}");
+        assert!(verify_signature(&key, &header, b"{}", 1000, 300).is_ok());
+        assert!(verify_signature(&key, &header, b"{}", 1301, 300).is_err());
+        assert!(verify_signature(&key, &header, b"{ }", 1000, 300).is_err());
+        assert!(verify_signature(&key, &sign(b"other", 1000, b"{}"), b"{}", 1000, 300).is_err());
+        assert!(verify_signature(&key, "t=1000", b"{}", 1000, 300).is_err());
+        assert!(verify_signature(&key, "garbage", b"{}", 1000, 300).is_err());
+    }
+}

@@ -1,0 +1,815 @@
+//! The gateway over real HTTP on loopback, in front of a real node, with its SQLite store (and
+//! PostgreSQL, in its own schema, for the journey): the whole journey, bad inputs, cross-user
+//! attempts, idempotent replay and conflict, rate limits, webhook signatures, admin actions.
+
+mod gateway_support;
+
+use gateway_support::{ADMIN_EMAIL, JWT_SECRET, StoreKind, World, postgres_available};
+use serde_json::json;
+
+/// register -> login -> open wallet -> deposit -> transfer (replayed, then conflicting) ->
+/// transaction by id -> history pages -> profile -> refresh rotation -> logout.
+async fn journey(world: &World) {
+    let (alice, alice_id) = world.user("alice@example.com").await;
+    let (bob, bob_id) = world.user("bob@example.com").await;
+    let alice_usd = world.wallet(&alice, "USD").await;
+    let bob_usd = world.wallet(&bob, "USD").await;
+
+    let deposit = world.deposit(&alice_usd, "100.00", "USD").await;
+    assert_eq!(deposit.status, 200, "{}", deposit.text());
+    assert_eq!(world.balance(&alice, &alice_usd).await, "100.00");
+
+    let send = json!({"from_wallet_id": alice_usd, "to_wallet_id": bob_usd, "amount": "12.50", "currency": "USD"});
+    let sent = world.send(&alice, "pay-1", &send).await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    let transaction = sent.json();
+    assert_eq!(transaction["amount"], "12.50");
+    assert_eq!(transaction["direction"], "sent");
+    let transaction_id = transaction["id"].as_str().expect("id").to_owned();
+
+    // Same key, same body: the stored answer, and no second transfer.
+    let replay = world.send(&alice, "pay-1", &send).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json(), transaction);
+    assert_eq!(world.balance(&alice, &alice_usd).await, "87.50");
+    assert_eq!(world.balance(&bob, &bob_usd).await, "12.50");
+
+    // Same key, another body: refused.
+    let other = json!({"from_wallet_id": alice_usd, "to_wallet_id": bob_usd, "amount": "1.00", "currency": "USD"});
+    let conflict = world.send(&alice, "pay-1", &other).await;
+    assert_eq!(conflict.status, 422);
+    assert_eq!(conflict.code(), "idempotency_key_reused");
+
+    // By e-mail, too.
+    let by_email = json!({"from_wallet_id": alice_usd, "to_email": "bob@example.com", "amount": "0.50", "currency": "USD"});
+    assert_eq!(world.send(&alice, "pay-2", &by_email).await.status, 201);
+    let third = json!({"from_wallet_id": alice_usd, "to_wallet_id": bob_usd, "amount": "2", "currency": "USD"});
+    assert_eq!(world.send(&alice, "pay-3", &third).await.status, 201);
+    assert_eq!(world.balance(&alice, &alice_usd).await, "85.00");
+
+    // Both sides see the transaction; direction is theirs.
+    let seen = world
+        .get(
+            &format!("/api/v1/transactions/{transaction_id}"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    assert_eq!(seen.json()["direction"], "received");
+
+    // History: 3 sends + 1 deposit for alice, newest first, two per page.
+    let page = world
+        .get("/api/v1/transactions?limit=2", Some(&alice))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let page = page.json();
+    assert_eq!(page["has_more"], true);
+    let first = page["data"].as_array().expect("data").clone();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["amount"], "2.00");
+    let cursor = first[1]["id"].as_str().expect("id");
+    let next = world
+        .get(
+            &format!("/api/v1/transactions?limit=2&starting_after={cursor}"),
+            Some(&alice),
+        )
+        .await
+        .json();
+    assert_eq!(next["has_more"], false);
+    let rest = next["data"].as_array().expect("data");
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0]["amount"], "12.50");
+    assert_eq!(rest[1]["type"], "deposit");
+    let bob_history = world.get("/api/v1/transactions", Some(&bob)).await.json();
+    assert_eq!(bob_history["data"].as_array().map(Vec::len), Some(3));
+
+    // Wallet list.
+    let wallets = world.get("/api/v1/wallets", Some(&alice)).await.json();
+    assert_eq!(wallets["data"][0]["id"], alice_usd.as_str());
+    assert_eq!(wallets["data"][0]["available"], "85.00");
+
+    // Profile.
+    let profile = world
+        .get("/api/v1/users/profile", Some(&alice))
+        .await
+        .json();
+    assert_eq!(profile["id"], alice_id.as_str());
+    assert_eq!(profile["tier"], "unverified");
+    let put = world
+        .call(
+            "PUT",
+            "/api/v1/users/profile",
+            Some(&alice),
+            &[],
+            Some(json!({"full_name": "Alice A."}).to_string().as_bytes()),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(put.json()["full_name"], "Alice A.");
+    assert_ne!(alice_id, bob_id);
+
+    // Refresh tokens rotate; presenting a spent one revokes the family.
+    let login = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "bob@example.com", "password": "correct horse battery"}),
+        )
+        .await
+        .json();
+    let refresh = login["refresh_token"].as_str().expect("refresh").to_owned();
+    let rotated = world
+        .post(
+            "/api/v1/users/refresh",
+            None,
+            &json!({"refresh_token": refresh}),
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let next_refresh = rotated.json()["refresh_token"]
+        .as_str()
+        .expect("r")
+        .to_owned();
+    let reused = world
+        .post(
+            "/api/v1/users/refresh",
+            None,
+            &json!({"refresh_token": refresh}),
+        )
+        .await;
+    assert_eq!(reused.status, 401);
+    assert_eq!(reused.code(), "refresh_token_invalid");
+    let family_revoked = world
+        .post(
+            "/api/v1/users/refresh",
+            None,
+            &json!({"refresh_token": next_refresh}),
+        )
+        .await;
+    assert_eq!(family_revoked.status, 401);
+
+    // Logout revokes the access token.
+    let logout = world
+        .call("POST", "/api/v1/users/logout", Some(&alice), &[], None)
+        .await;
+    assert_eq!(logout.status, 204, "{}", logout.text());
+    let after = world.get("/api/v1/users/profile", Some(&alice)).await;
+    assert_eq!(after.status, 401);
+    assert_eq!(after.code(), "token_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_on_sqlite() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    journey(&world).await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_on_postgres() {
+    if !postgres_available().await {
+        return;
+    }
+    let world = World::start(StoreKind::Postgres, |_| {}).await;
+    journey(&world).await;
+    world.stop().await;
+}
+
+/// A token signed by us with other claims or header (for forged / expired / alg none).
+fn token(header: &str, claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.as_bytes()),
+        b64.encode(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64.encode(tag.as_ref()))
+}
+
+/// label, method, path, body, expected status, expected problem code.
+type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_problems_never_500() {
+    let world = World::start(StoreKind::Sqlite, |args| args.body_bytes_max = 4096).await;
+    let (alice, alice_id) = world.user("carol@example.com").await;
+    let wallet = world.wallet(&alice, "USD").await;
+    let (_, _) = world.user("dave@example.com").await;
+    let dave_token = world.login("dave@example.com").await;
+    let dave_wallet = world.wallet(&dave_token, "USD").await;
+    assert_eq!(world.deposit(&wallet, "10.00", "USD").await.status, 200);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = |exp: i64, aud: &str| {
+        json!({"sub": alice_id, "email": "carol@example.com", "role": "admin", "tier": "premium",
+               "iat": now - 10, "exp": exp, "jti": "forged", "aud": aud})
+    };
+    let forged = token(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &claims(now + 600, "paycore"),
+        b"not-the-secret-not-the-secret-xx",
+    );
+    let expired = token(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &claims(now - 600, "paycore"),
+        JWT_SECRET.as_bytes(),
+    );
+    let wrong_audience = token(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &claims(now + 600, "other"),
+        JWT_SECRET.as_bytes(),
+    );
+    let none = {
+        let t = token(
+            r#"{"alg":"none","typ":"JWT"}"#,
+            &claims(now + 600, "paycore"),
+            JWT_SECRET.as_bytes(),
+        );
+        let cut = t.rfind('.').expect("dot");
+        format!("{}.", &t[..cut])
+    };
+    let hs512 = token(
+        r#"{"alg":"HS512","typ":"JWT"}"#,
+        &claims(now + 600, "paycore"),
+        JWT_SECRET.as_bytes(),
+    );
+    for (label, bad, code) in [
+        ("forged", forged.as_str(), "token_invalid"),
+        ("expired", expired.as_str(), "token_expired"),
+        ("wrong audience", wrong_audience.as_str(), "token_invalid"),
+        ("alg none", none.as_str(), "token_invalid"),
+        ("alg HS512", hs512.as_str(), "token_invalid"),
+        ("garbage", "abc", "token_invalid"),
+        ("empty", "", "unauthorized"),
+    ] {
+        let response = world.get("/api/v1/wallets", Some(bad)).await;
+        assert_eq!(response.status, 401, "{label}: {}", response.text());
+        assert_eq!(response.code(), code, "{label}");
+    }
+    let no_auth = world.get("/api/v1/wallets", None).await;
+    assert_eq!(
+        (no_auth.status, no_auth.code().as_str()),
+        (401, "unauthorized")
+    );
+
+    let huge = vec![b'x'; 10_000];
+    let send = |amount: serde_json::Value, currency: &str| {
+        json!({"from_wallet_id": wallet, "to_wallet_id": dave_wallet, "amount": amount, "currency": currency}).to_string()
+    };
+    let freeze_path = format!("/api/v1/admin/wallets/{dave_wallet}/freeze");
+    let cases: Vec<Case> = vec![
+        ("malformed json", "POST", "/api/v1/wallets", b"{\"currency\":".to_vec(), 400, "malformed_json"),
+        ("not json", "POST", "/api/v1/wallets", b"hello".to_vec(), 400, "malformed_json"),
+        ("empty body", "POST", "/api/v1/wallets", Vec::new(), 400, "malformed_json"),
+        ("wrong type", "POST", "/api/v1/wallets", br#"{"currency": 12}"#.to_vec(), 422, "invalid_body"),
+        ("unknown field", "POST", "/api/v1/wallets", br#"{"currency": "USD", "x": 1}"#.to_vec(), 422, "invalid_body"),
+        ("array body", "POST", "/api/v1/wallets", b"[]".to_vec(), 422, "invalid_body"),
+        ("huge body", "POST", "/api/v1/wallets", huge.clone(), 413, "body_too_large"),
+        ("unknown currency", "POST", "/api/v1/wallets", br#"{"currency": "XYZ"}"#.to_vec(), 422, "currency_unknown"),
+        ("bad currency code", "POST", "/api/v1/wallets", br#"{"currency": "usd"}"#.to_vec(), 422, "currency_invalid"),
+        ("long currency code", "POST", "/api/v1/wallets", br#"{"currency": "ABCDEFGHIJKL"}"#.to_vec(), 422, "currency_invalid"),
+        ("second wallet", "POST", "/api/v1/wallets", br#"{"currency": "USD"}"#.to_vec(), 409, "wallet_exists"),
+        ("amount as number", "POST", "/api/v1/transactions/send", send(json!(1.5), "USD").into_bytes(), 422, "invalid_body"),
+        ("negative amount", "POST", "/api/v1/transactions/send", send(json!("-1.00"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("zero amount", "POST", "/api/v1/transactions/send", send(json!("0.00"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("too many decimals", "POST", "/api/v1/transactions/send", send(json!("1.005"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("exponent", "POST", "/api/v1/transactions/send", send(json!("1e3"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("whitespace", "POST", "/api/v1/transactions/send", send(json!(" 1.00"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("huge amount", "POST", "/api/v1/transactions/send", send(json!("99999999999999999999999999999999"), "USD").into_bytes(), 422, "amount_invalid"),
+        ("insufficient funds", "POST", "/api/v1/transactions/send", send(json!("10.01"), "USD").into_bytes(), 422, "insufficient_funds"),
+        ("other currency", "POST", "/api/v1/transactions/send", send(json!("1.00"), "EUR").into_bytes(), 422, "currency_mismatch"),
+        ("unknown recipient", "POST", "/api/v1/transactions/send",
+            json!({"from_wallet_id": wallet, "to_wallet_id": "999999", "amount": "1.00", "currency": "USD"}).to_string().into_bytes(), 404, "recipient_not_found"),
+        ("to self", "POST", "/api/v1/transactions/send",
+            json!({"from_wallet_id": wallet, "to_wallet_id": wallet, "amount": "1.00", "currency": "USD"}).to_string().into_bytes(), 422, "same_wallet"),
+        ("two recipients", "POST", "/api/v1/transactions/send",
+            json!({"from_wallet_id": wallet, "to_wallet_id": dave_wallet, "to_email": "dave@example.com", "amount": "1.00", "currency": "USD"}).to_string().into_bytes(), 422, "recipient_invalid"),
+        ("bad wallet id", "GET", "/api/v1/wallets/not-a-wallet", Vec::new(), 404, "wallet_not_found"),
+        ("overflowing wallet id", "GET", "/api/v1/wallets/99999999999999999999999", Vec::new(), 404, "wallet_not_found"),
+        ("bad transaction id", "GET", "/api/v1/transactions/not-a-uuid", Vec::new(), 404, "transaction_not_found"),
+        ("bad limit", "GET", "/api/v1/transactions?limit=0", Vec::new(), 400, "limit_invalid"),
+        ("huge limit", "GET", "/api/v1/transactions?limit=100000000000", Vec::new(), 400, "limit_invalid"),
+        ("bad cursor", "GET", "/api/v1/transactions?starting_after=zzz", Vec::new(), 400, "cursor_invalid"),
+        ("unknown parameter", "GET", "/api/v1/transactions?x=1", Vec::new(), 400, "query_invalid"),
+        ("unknown route", "GET", "/api/v1/nothing", Vec::new(), 404, "not_found"),
+        ("wrong method", "DELETE", "/api/v1/wallets", Vec::new(), 405, "method_not_allowed"),
+        ("long name", "PUT", "/api/v1/users/profile", json!({"full_name": "x".repeat(101)}).to_string().into_bytes(), 422, "full_name_invalid"),
+        ("kyc bad document", "POST", "/api/v1/users/kyc", br#"{"document_type": "selfie", "document_number": "1234"}"#.to_vec(), 422, "document_type_invalid"),
+        ("admin as user", "POST", &freeze_path, Vec::new(), 403, "forbidden"),
+    ];
+    for (label, method, path, body, status, code) in &cases {
+        let headers = [("idempotency-key", "bad-input-case")];
+        let headers: &[(&str, &str)] = if path.ends_with("/send") {
+            &headers
+        } else {
+            &[]
+        };
+        // Each send case gets its own key so that one stored answer does not replay for the next.
+        let key = format!("case-{}", label.replace(' ', "-"));
+        let owned = [("idempotency-key", key.as_str())];
+        let headers = if headers.is_empty() {
+            headers
+        } else {
+            &owned[..]
+        };
+        let response = world
+            .call(method, path, Some(&alice), headers, Some(body))
+            .await;
+        assert_eq!(response.status, *status, "{label}: {}", response.text());
+        assert_eq!(response.code(), *code, "{label}");
+        assert!(response.json()["request_id"].is_string(), "{label}");
+    }
+    // Send without an Idempotency-Key, or with a bad one.
+    let body = send(json!("1.00"), "USD");
+    let missing = world
+        .call(
+            "POST",
+            "/api/v1/transactions/send",
+            Some(&alice),
+            &[],
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (400, "idempotency_key_required")
+    );
+    let long_key = "k".repeat(200);
+    let long = world
+        .call(
+            "POST",
+            "/api/v1/transactions/send",
+            Some(&alice),
+            &[("idempotency-key", &long_key)],
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (long.status, long.code().as_str()),
+        (400, "idempotency_key_invalid")
+    );
+
+    // Registration and login inputs.
+    for (label, body, status, code) in [
+        (
+            "bad email",
+            json!({"email": "nope", "password": "long enough pw"}),
+            422,
+            "email_invalid",
+        ),
+        (
+            "short password",
+            json!({"email": "x@example.com", "password": "short"}),
+            422,
+            "password_invalid",
+        ),
+        (
+            "taken email",
+            json!({"email": "carol@example.com", "password": "long enough pw"}),
+            409,
+            "email_taken",
+        ),
+        (
+            "missing password",
+            json!({"email": "y@example.com"}),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let response = world.post("/api/v1/users/register", None, &body).await;
+        assert_eq!(response.status, status, "{label}: {}", response.text());
+        assert_eq!(response.code(), code, "{label}");
+    }
+    let wrong = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "carol@example.com", "password": "wrong password"}),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.code().as_str()),
+        (401, "credentials_invalid")
+    );
+    let unknown = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "nobody@example.com", "password": "wrong password"}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (401, "credentials_invalid")
+    );
+
+    // Nothing above moved money.
+    assert_eq!(world.balance(&alice, &wallet).await, "10.00");
+    let metrics = world.get("/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("paycore_gateway_http_requests_total"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("status=\"500\""),
+        "a 500 was answered:\n{text}"
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_touch_only_their_own_wallets_and_history() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (eve, _) = world.user("eve@example.com").await;
+    let (frank, _) = world.user("frank@example.com").await;
+    let eve_wallet = world.wallet(&eve, "EUR").await;
+    let frank_wallet = world.wallet(&frank, "EUR").await;
+    assert_eq!(world.deposit(&eve_wallet, "50.00", "EUR").await.status, 200);
+    let paid = world
+        .send(&eve, "e-1", &json!({"from_wallet_id": eve_wallet, "to_wallet_id": frank_wallet, "amount": "5.00", "currency": "EUR"}))
+        .await;
+    assert_eq!(paid.status, 201);
+    let eve_tx = paid.json()["id"].as_str().expect("id").to_owned();
+    let (mallory, _) = world.user("mallory@example.com").await;
+    let mallory_wallet = world.wallet(&mallory, "EUR").await;
+
+    // Reading someone else's wallet is answered like a missing one.
+    let read = world
+        .get(&format!("/api/v1/wallets/{eve_wallet}"), Some(&mallory))
+        .await;
+    assert_eq!(
+        (read.status, read.code().as_str()),
+        (404, "wallet_not_found")
+    );
+    // Sending from it too, and nothing moves.
+    let steal = world
+        .send(&mallory, "m-1", &json!({"from_wallet_id": eve_wallet, "to_wallet_id": mallory_wallet, "amount": "1.00", "currency": "EUR"}))
+        .await;
+    assert_eq!(
+        (steal.status, steal.code().as_str()),
+        (404, "wallet_not_found")
+    );
+    let withdraw = world
+        .call(
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&mallory),
+            &[("idempotency-key", "m-2")],
+            Some(json!({"wallet_id": eve_wallet, "amount": "1.00", "currency": "EUR", "destination": "DE00"}).to_string().as_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (withdraw.status, withdraw.code().as_str()),
+        (404, "wallet_not_found")
+    );
+    assert_eq!(world.balance(&eve, &eve_wallet).await, "45.00");
+    // Someone else's transaction, by id or as a cursor.
+    let tx = world
+        .get(&format!("/api/v1/transactions/{eve_tx}"), Some(&mallory))
+        .await;
+    assert_eq!(
+        (tx.status, tx.code().as_str()),
+        (404, "transaction_not_found")
+    );
+    let cursor = world
+        .get(
+            &format!("/api/v1/transactions?starting_after={eve_tx}"),
+            Some(&mallory),
+        )
+        .await;
+    assert_eq!(
+        (cursor.status, cursor.code().as_str()),
+        (400, "cursor_invalid")
+    );
+    let history = world
+        .get("/api/v1/transactions", Some(&mallory))
+        .await
+        .json();
+    assert_eq!(history["data"].as_array().map(Vec::len), Some(0));
+    let wallets = world.get("/api/v1/wallets", Some(&mallory)).await.json();
+    assert_eq!(wallets["data"].as_array().map(Vec::len), Some(1));
+    // The same Idempotency-Key as eve's: separate per user, so mallory's request runs.
+    let same_key = world
+        .send(&mallory, "e-1", &json!({"from_wallet_id": mallory_wallet, "to_wallet_id": frank_wallet, "amount": "1.00", "currency": "EUR"}))
+        .await;
+    assert_eq!(
+        (same_key.status, same_key.code().as_str()),
+        (422, "insufficient_funds")
+    );
+    // Admin routes are admins'.
+    let freeze = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/wallets/{eve_wallet}/freeze"),
+            Some(&mallory),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!((freeze.status, freeze.code().as_str()), (403, "forbidden"));
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_headers() {
+    let world = World::start(StoreKind::Sqlite, |args| args.rate_limits = "seed".into()).await;
+    let (grace, _) = world.user("grace@example.com").await;
+    let wallet = world.wallet(&grace, "USD").await;
+    // Send: 5 per minute. Each attempt is rejected by the core (no funds) but counts.
+    let body = json!({"from_wallet_id": wallet, "to_email": "grace@example.com", "amount": "1.00", "currency": "USD"});
+    for i in 0..5 {
+        let response = world.send(&grace, &format!("r-{i}"), &body).await;
+        assert_ne!(response.status, 429, "attempt {i}: {}", response.text());
+    }
+    let limited = world.send(&grace, "r-5", &body).await;
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert_eq!(limited.code(), "rate_limited");
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=12).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.header("ratelimit-limit"), Some("5"));
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    assert!(limited.header("ratelimit-reset").is_some());
+
+    // Login: 10 per minute per e-mail (wrong passwords count too).
+    let wrong = json!({"email": "grace@example.com", "password": "wrong password"});
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(world.post("/api/v1/users/login", None, &wrong).await.status);
+    }
+    assert_eq!(
+        statuses[..9].iter().filter(|s| **s == 401).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[10], 429, "{statuses:?}");
+    let metrics = String::from_utf8_lossy(&world.get("/metrics", None).await.body).into_owned();
+    assert!(
+        metrics.contains("paycore_gateway_rate_limited_total"),
+        "{metrics}"
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_need_a_valid_recent_signature() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (henry, _) = world.user("henry@example.com").await;
+    let wallet = world.wallet(&henry, "BTC").await;
+    let event = json!({"id": "evt-sig", "type": "deposit.succeeded",
+        "data": {"wallet_id": wallet, "amount": "0.00000001", "currency": "BTC"}})
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let cases = [
+        ("no header", None),
+        ("garbage", Some("nonsense".to_owned())),
+        (
+            "wrong secret",
+            Some(paycore_gateway::sign_webhook(
+                b"other",
+                now,
+                event.as_bytes(),
+            )),
+        ),
+        (
+            "too old",
+            Some(paycore_gateway::sign_webhook(
+                gateway_support::WEBHOOK_SECRET.as_bytes(),
+                now - 3600,
+                event.as_bytes(),
+            )),
+        ),
+        (
+            "other body",
+            Some(paycore_gateway::sign_webhook(
+                gateway_support::WEBHOOK_SECRET.as_bytes(),
+                now,
+                b"{}",
+            )),
+        ),
+    ];
+    for (label, signature) in cases {
+        let headers: Vec<(&str, &str)> = signature
+            .iter()
+            .map(|s| ("paycore-signature", s.as_str()))
+            .collect();
+        let response = world
+            .call(
+                "POST",
+                "/api/v1/webhooks/provider",
+                None,
+                &headers,
+                Some(event.as_bytes()),
+            )
+            .await;
+        assert_eq!(response.status, 401, "{label}: {}", response.text());
+        assert_eq!(response.code(), "signature_invalid", "{label}");
+    }
+    assert_eq!(world.balance(&henry, &wallet).await, "0.00000000");
+    // The same event delivered twice credits once.
+    let event: serde_json::Value = serde_json::from_str(&event).expect("json");
+    assert_eq!(world.webhook(&event).await.status, 200);
+    assert_eq!(world.webhook(&event).await.status, 200);
+    assert_eq!(world.balance(&henry, &wallet).await, "0.00000001");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_freezes_wallets_and_reviews_kyc_withdrawals_settle() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (admin, _) = world.user(ADMIN_EMAIL).await;
+    let (ivy, ivy_id) = world.user("ivy@example.com").await;
+    let (jack, _) = world.user("jack@example.com").await;
+    let ivy_wallet = world.wallet(&ivy, "USD").await;
+    let jack_wallet = world.wallet(&jack, "USD").await;
+    assert_eq!(world.deposit(&ivy_wallet, "20.00", "USD").await.status, 200);
+
+    let frozen = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/wallets/{ivy_wallet}/freeze"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(frozen.status, 200, "{}", frozen.text());
+    assert_eq!(frozen.json()["status"], "frozen");
+    let body = json!({"from_wallet_id": ivy_wallet, "to_wallet_id": jack_wallet, "amount": "1.00", "currency": "USD"});
+    let refused = world.send(&ivy, "f-1", &body).await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (422, "wallet_frozen")
+    );
+    let again = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/wallets/{ivy_wallet}/freeze"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (409, "wallet_status_unchanged")
+    );
+    let thawed = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/wallets/{ivy_wallet}/unfreeze"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(thawed.json()["status"], "active");
+    assert_eq!(world.send(&ivy, "f-2", &body).await.status, 201);
+
+    // KYC: submit, approve (tier verified in the store and the core), visible at next login.
+    let none = world.get("/api/v1/users/kyc", Some(&ivy)).await.json();
+    assert_eq!(none["status"], "not_submitted");
+    let submitted = world
+        .post(
+            "/api/v1/users/kyc",
+            Some(&ivy),
+            &json!({"document_type": "passport", "document_number": "X1234567"}),
+        )
+        .await;
+    assert_eq!(submitted.status, 202, "{}", submitted.text());
+    let approved = world
+        .post(
+            &format!("/api/v1/admin/kyc/{ivy_id}/approve"),
+            Some(&admin),
+            &json!({"tier": "verified"}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let status = world.get("/api/v1/users/kyc", Some(&ivy)).await.json();
+    assert_eq!(status["status"], "approved");
+    assert_eq!(status["document_last4"], "4567");
+    let twice = world
+        .post(
+            &format!("/api/v1/admin/kyc/{ivy_id}/approve"),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (twice.status, twice.code().as_str()),
+        (409, "kyc_not_pending")
+    );
+    let ivy = world.login("ivy@example.com").await;
+    let profile = world.get("/api/v1/users/profile", Some(&ivy)).await.json();
+    assert_eq!(profile["tier"], "verified");
+
+    // Withdrawal: held, then paid by the provider (money leaves), another failed (released).
+    let withdraw = |key: &'static str, amount: &'static str| {
+        let body = json!({"wallet_id": ivy_wallet, "amount": amount, "currency": "USD", "destination": "DE89370400440532013000"}).to_string();
+        let world = &world;
+        let ivy = ivy.clone();
+        async move {
+            world
+                .call(
+                    "POST",
+                    "/api/v1/withdrawals",
+                    Some(&ivy),
+                    &[("idempotency-key", key)],
+                    Some(body.as_bytes()),
+                )
+                .await
+        }
+    };
+    let held = withdraw("w-1", "5.00").await;
+    assert_eq!(held.status, 201, "{}", held.text());
+    assert_eq!(held.json()["status"], "held");
+    let wallet = world
+        .get(&format!("/api/v1/wallets/{ivy_wallet}"), Some(&ivy))
+        .await
+        .json();
+    assert_eq!(
+        (wallet["available"].as_str(), wallet["frozen"].as_str()),
+        (Some("14.00"), Some("5.00"))
+    );
+    let paid = world
+        .webhook(&json!({"id": "evt-paid", "type": "withdrawal.paid", "data": {"withdrawal_id": held.json()["id"]}}))
+        .await;
+    assert_eq!(paid.status, 200, "{}", paid.text());
+    let failed_one = withdraw("w-2", "4.00").await;
+    assert_eq!(failed_one.status, 201);
+    let failed = world
+        .webhook(&json!({"id": "evt-failed", "type": "withdrawal.failed", "data": {"withdrawal_id": failed_one.json()["id"]}}))
+        .await;
+    assert_eq!(failed.status, 200, "{}", failed.text());
+    let wallet = world
+        .get(&format!("/api/v1/wallets/{ivy_wallet}"), Some(&ivy))
+        .await
+        .json();
+    assert_eq!(
+        (wallet["balance"].as_str(), wallet["frozen"].as_str()),
+        (Some("14.00"), Some("0.00"))
+    );
+    let history = world.get("/api/v1/transactions", Some(&ivy)).await.json();
+    let statuses: Vec<&str> = history["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|t| t["type"] == "withdrawal")
+        .filter_map(|t| t["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["cancelled", "completed"]);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_answer() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let health = world.get("/health", None).await;
+    assert_eq!(health.status, 200);
+    assert!(health.header("x-request-id").is_some());
+    let ready = world.get("/ready", None).await.json();
+    assert_eq!(
+        (ready["core"].as_bool(), ready["store"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let echoed = world
+        .call("GET", "/health", None, &[("x-request-id", "my-id-1")], None)
+        .await;
+    assert_eq!(echoed.header("x-request-id"), Some("my-id-1"));
+    let metrics = world.get("/metrics", None).await;
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain"))
+    );
+    assert!(String::from_utf8_lossy(&metrics.body).contains("route=\"/health\""));
+    // With the core gone, /ready says so (503) and money routes answer 503, never 500.
+    let mut world = world;
+    if let Some(mut node) = world.node.take() {
+        node.stop();
+    }
+    let (kate, _) = world.user("kate@example.com").await;
+    let not_ready = world.get("/ready", None).await;
+    assert_eq!(not_ready.status, 503, "{}", not_ready.text());
+    let wallets = world.get("/api/v1/wallets", Some(&kate)).await;
+    assert_eq!(
+        (wallets.status, wallets.code().as_str()),
+        (503, "core_unavailable")
+    );
+    assert!(wallets.header("retry-after").is_some());
+    world.stop().await;
+}
