@@ -1,0 +1,560 @@
+//! The PostgreSQL backend (tokio-postgres on a private current-thread runtime: the flusher is a
+//! plain thread). One SQL transaction per batch: each table gets one multi-row statement whose
+//! columns are arrays (`INSERT ... SELECT FROM unnest($1, $2, ...)`), so a batch of 8 192
+//! records is about ten round trips whatever its size. Movement partitions are created inside
+//! the same transaction, under an advisory lock, before the first row of a month (and the month
+//! after the batch's last timestamp, ahead of time).
+
+use std::collections::HashSet;
+
+use tokio::runtime::Runtime;
+use tokio_postgres::{Client, NoTls};
+
+use crate::decimal::format_minor;
+use crate::rows::BatchRows;
+use crate::schema::{self, uuid_text};
+use crate::store::{FETCH_ROWS_MAX, Pull, PullsFn, Query, StoreError};
+use crate::time::{Month, timestamp_text};
+
+/// Advisory lock key serialising partition creation between flushers.
+const PARTITION_LOCK_KEY: i64 = 0x0070_6179_636f_7265; // "paycore"
+
+/// Longest schema name (PostgreSQL's identifier limit).
+const SCHEMA_BYTES_MAX: usize = 63;
+
+pub struct PgStore {
+    runtime: Runtime,
+    client: Client,
+    schema: String,
+    /// Months whose partition is known to exist.
+    months: HashSet<Month>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+fn amount(value: u128, scale: u8) -> String {
+    format_minor(value as i128, scale)
+}
+
+/// A schema name is used in SQL text: lower-case letters, digits and `_` only.
+pub fn validate_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= SCHEMA_BYTES_MAX
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "schema name {schema:?}: use 1 to {SCHEMA_BYTES_MAX} of a-z, 0-9, _ (not starting \
+             with a digit)"
+        )))
+    }
+}
+
+impl PgStore {
+    pub fn connect(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        validate_schema(schema)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Postgres(format!("runtime: {e}")))?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("postgres url: {e}")))?;
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let client = runtime.block_on(async {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "postgresql connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        })?;
+        let mut store = PgStore {
+            runtime,
+            client,
+            schema: schema.to_string(),
+            months: HashSet::new(),
+        };
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
+             SET statement_timeout = '120s';"
+        );
+        store.batch_execute(&sql)?;
+        Ok(store)
+    }
+
+    pub fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.batch_execute(sql)
+    }
+
+    pub fn query_text(&mut self, sql: &str) -> Result<Option<String>, StoreError> {
+        let client = &self.client;
+        let row = self.runtime.block_on(client.query_opt(sql, &[]))?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<(), StoreError> {
+        let client = &self.client;
+        self.runtime.block_on(client.batch_execute(sql))?;
+        Ok(())
+    }
+
+    pub fn migrate(&mut self) -> Result<(), StoreError> {
+        // Two flushers may start together: one creates, the other waits on the lock.
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); {} COMMIT;",
+            schema::POSTGRES
+        );
+        self.batch_execute(&sql)
+    }
+
+    pub fn checkpoint(&mut self, shard: u16) -> Result<u64, StoreError> {
+        let client = &self.client;
+        let row = self.runtime.block_on(client.query_opt(
+            "SELECT last_sequence FROM flush_checkpoints WHERE shard = $1",
+            &[&i32::from(shard)],
+        ))?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    pub fn checkpoints(&mut self) -> Result<Vec<(u16, u64)>, StoreError> {
+        let client = &self.client;
+        let rows = self.runtime.block_on(client.query(
+            "SELECT shard, last_sequence FROM flush_checkpoints ORDER BY shard",
+            &[],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0) as u16, r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    pub fn write_batch(&mut self, rows: &BatchRows, previous: u64) -> Result<(), StoreError> {
+        let mut months: Vec<Month> = rows
+            .transactions
+            .iter()
+            .map(|t| Month::of(t.created_at_ns))
+            .chain(std::iter::once(Month::of(rows.last_timestamp_ns).next()))
+            .filter(|m| !self.months.contains(m))
+            .collect();
+        months.sort_unstable();
+        months.dedup();
+        let schema = self.schema.clone();
+        let client = &mut self.client;
+        self.runtime
+            .block_on(write(client, &schema, rows, previous, &months))?;
+        self.months.extend(months);
+        Ok(())
+    }
+
+    pub fn begin_read(&mut self) -> Result<(), StoreError> {
+        self.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    }
+
+    pub fn end_read(&mut self) -> Result<(), StoreError> {
+        self.batch_execute("COMMIT")
+    }
+
+    pub fn cursors(
+        &mut self,
+        queries: &[Query],
+        shard: u16,
+        f: &mut PullsFn<'_>,
+    ) -> Result<(), StoreError> {
+        let client = &self.client;
+        let runtime = &self.runtime;
+        let mut pulls: Vec<Box<dyn Pull + '_>> = Vec::with_capacity(queries.len());
+        for (i, query) in queries.iter().enumerate() {
+            let name = format!("paycore_cursor_{i}");
+            let sql = sql(*query, shard);
+            runtime.block_on(
+                client.batch_execute(&format!("DECLARE {name} NO SCROLL CURSOR FOR {sql}")),
+            )?;
+            pulls.push(Box::new(PgPull {
+                runtime,
+                client,
+                fetch: format!("FETCH {FETCH_ROWS_MAX} FROM {name}"),
+                buffer: std::collections::VecDeque::new(),
+                done: false,
+            }));
+        }
+        let result = f(&mut pulls);
+        drop(pulls);
+        for i in 0..queries.len() {
+            runtime.block_on(client.batch_execute(&format!("CLOSE paycore_cursor_{i}")))?;
+        }
+        result
+    }
+}
+
+struct PgPull<'a> {
+    runtime: &'a Runtime,
+    client: &'a Client,
+    fetch: String,
+    buffer: std::collections::VecDeque<tokio_postgres::Row>,
+    done: bool,
+}
+
+impl Pull for PgPull<'_> {
+    fn pull(&mut self) -> Result<Option<Vec<Option<String>>>, StoreError> {
+        if self.buffer.is_empty() && !self.done {
+            let rows = self
+                .runtime
+                .block_on(self.client.query(self.fetch.as_str(), &[]))?;
+            self.done = rows.len() < FETCH_ROWS_MAX;
+            self.buffer.extend(rows);
+        }
+        let Some(row) = self.buffer.pop_front() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            (0..row.len())
+                .map(|i| row.get::<_, Option<String>>(i))
+                .collect(),
+        ))
+    }
+}
+
+fn sql(query: Query, shard: u16) -> String {
+    match query {
+        Query::Currencies => format!(
+            "SELECT code::text, scale::text FROM currencies WHERE shard = {shard} ORDER BY code"
+        ),
+        Query::Wallets => format!(
+            "SELECT id::text, currency::text, balance::text, available_balance::text,
+                frozen_balance::text, version::text, status::text
+             FROM wallets w WHERE shard = {shard} ORDER BY w.id"
+        ),
+        Query::EntriesByWallet => format!(
+            "SELECT e.wallet_id::text, sum(e.delta)::text FROM ledger_entries e
+             WHERE e.shard = {shard} GROUP BY e.wallet_id ORDER BY e.wallet_id"
+        ),
+        Query::Movements => format!(
+            "SELECT t.id::text, t.amount::text FROM transactions t WHERE t.shard = {shard}
+             ORDER BY t.id"
+        ),
+        Query::EntriesByMovement => format!(
+            "SELECT transaction_id::text, sum(delta)::text, sum(greatest(delta, 0))::text,
+                count(*)::text
+             FROM ledger_entries e WHERE e.shard = {shard}
+             GROUP BY e.transaction_id ORDER BY e.transaction_id"
+        ),
+        Query::Idempotency => format!(
+            "SELECT encode(idempotency_key, 'hex'), outcome::text, transaction_id::text
+             FROM transaction_idempotency i WHERE i.shard = {shard} ORDER BY i.idempotency_key"
+        ),
+        Query::OpenHolds => format!(
+            "SELECT h.id::text, h.wallet_id::text, h.amount::text FROM holds h
+             WHERE h.shard = {shard} AND h.status = 'open' ORDER BY h.id"
+        ),
+    }
+}
+
+async fn write(
+    client: &mut Client,
+    schema: &str,
+    rows: &BatchRows,
+    previous: u64,
+    months: &[Month],
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    let shard = i32::from(rows.shard);
+    let found = tx
+        .query_opt(
+            "SELECT last_sequence FROM flush_checkpoints WHERE shard = $1 FOR UPDATE",
+            &[&shard],
+        )
+        .await?
+        .map(|r| r.get::<_, i64>(0) as u64);
+    if found.unwrap_or(0) != previous {
+        return Err(StoreError::CheckpointMoved {
+            shard: rows.shard,
+            expected: previous,
+            found,
+        });
+    }
+    if !months.is_empty() {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK_KEY])
+            .await?;
+        for month in months {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.{} PARTITION OF {schema}.transactions \
+                 FOR VALUES FROM ('{}') TO ('{}')",
+                month.partition_name(),
+                month.first_day(),
+                month.next().first_day()
+            );
+            tx.batch_execute(&sql).await?;
+        }
+    }
+    if !rows.currencies.is_empty() {
+        let shards: Vec<i32> = rows.currencies.iter().map(|c| i32::from(c.shard)).collect();
+        let codes: Vec<&str> = rows.currencies.iter().map(|c| c.code.as_str()).collect();
+        let scales: Vec<i16> = rows.currencies.iter().map(|c| i16::from(c.scale)).collect();
+        tx.execute(
+            "INSERT INTO currencies (shard, code, scale) SELECT * FROM unnest($1::int4[],
+                $2::text[], $3::int2[]) ON CONFLICT (shard, code) DO NOTHING",
+            &[&shards, &codes, &scales],
+        )
+        .await?;
+    }
+    if !rows.wallets.is_empty() {
+        let w = &rows.wallets;
+        let ids: Vec<i64> = w.iter().map(|w| w.id as i64).collect();
+        let shards: Vec<i32> = w.iter().map(|w| i32::from(w.shard)).collect();
+        let users: Vec<String> = w.iter().map(|w| uuid_text(w.user)).collect();
+        let currencies: Vec<&str> = w.iter().map(|w| w.currency.as_str()).collect();
+        let kinds: Vec<&str> = w.iter().map(|w| w.kind).collect();
+        let balances: Vec<String> = w
+            .iter()
+            .map(|w| format_minor(w.balance(), w.scale))
+            .collect();
+        let available: Vec<String> = w
+            .iter()
+            .map(|w| format_minor(w.available, w.scale))
+            .collect();
+        let frozen: Vec<String> = w.iter().map(|w| format_minor(w.frozen, w.scale)).collect();
+        let versions: Vec<i64> = w.iter().map(|w| w.version as i64).collect();
+        let statuses: Vec<&str> = w.iter().map(|w| w.status).collect();
+        let created: Vec<String> = w.iter().map(|w| timestamp_text(w.created_at_ns)).collect();
+        let updated: Vec<String> = w.iter().map(|w| timestamp_text(w.updated_at_ns)).collect();
+        tx.execute(
+            "INSERT INTO wallets (id, shard, user_id, currency, kind, balance, available_balance,
+                frozen_balance, version, status, created_at, updated_at)
+             SELECT id, shard, user_id::uuid, currency, kind, balance::numeric,
+                available::numeric, frozen::numeric, version, status, created::timestamp,
+                updated::timestamp
+             FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::text[])
+                AS u(id, shard, user_id, currency, kind, balance, available, frozen, version,
+                     status, created, updated)
+             ON CONFLICT (id) DO UPDATE SET balance = excluded.balance,
+                available_balance = excluded.available_balance,
+                frozen_balance = excluded.frozen_balance, version = excluded.version,
+                status = excluded.status, updated_at = excluded.updated_at",
+            &[
+                &ids,
+                &shards,
+                &users,
+                &currencies,
+                &kinds,
+                &balances,
+                &available,
+                &frozen,
+                &versions,
+                &statuses,
+                &created,
+                &updated,
+            ],
+        )
+        .await?;
+    }
+    if !rows.transactions.is_empty() {
+        let t = &rows.transactions;
+        let ids: Vec<String> = t.iter().map(|t| uuid_text(t.id)).collect();
+        let shards: Vec<i32> = t.iter().map(|t| i32::from(t.shard)).collect();
+        let kinds: Vec<&str> = t.iter().map(|t| t.kind).collect();
+        let from: Vec<i64> = t.iter().map(|t| t.from as i64).collect();
+        let to: Vec<i64> = t.iter().map(|t| t.to as i64).collect();
+        let amounts: Vec<String> = t.iter().map(|t| amount(t.amount, t.scale)).collect();
+        let currencies: Vec<&str> = t.iter().map(|t| t.currency.as_str()).collect();
+        let statuses: Vec<&str> = t.iter().map(|t| t.status).collect();
+        let reasons: Vec<Option<&str>> = t.iter().map(|t| t.reason).collect();
+        let keys: Vec<Option<&[u8]>> = t.iter().map(|t| t.key.as_deref()).collect();
+        let sequences: Vec<i64> = t.iter().map(|t| t.sequence as i64).collect();
+        let created: Vec<String> = t.iter().map(|t| timestamp_text(t.created_at_ns)).collect();
+        tx.execute(
+            "INSERT INTO transactions (id, shard, kind, from_wallet_id, to_wallet_id, amount,
+                currency, status, reason, idempotency_key, sequence, created_at)
+             SELECT id::uuid, shard, kind, f, t, amount::numeric, currency, status, reason, key,
+                sequence, created::timestamp
+             FROM unnest($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[],
+                $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::int8[],
+                $12::text[])
+                AS u(id, shard, kind, f, t, amount, currency, status, reason, key, sequence,
+                     created)",
+            &[
+                &ids,
+                &shards,
+                &kinds,
+                &from,
+                &to,
+                &amounts,
+                &currencies,
+                &statuses,
+                &reasons,
+                &keys,
+                &sequences,
+                &created,
+            ],
+        )
+        .await?;
+    }
+    if !rows.status_updates.is_empty() {
+        let u = &rows.status_updates;
+        let ids: Vec<String> = u.iter().map(|u| uuid_text(u.id)).collect();
+        let shards: Vec<i32> = u.iter().map(|u| i32::from(u.shard)).collect();
+        let statuses: Vec<&str> = u.iter().map(|u| u.status).collect();
+        let reasons: Vec<Option<&str>> = u.iter().map(|u| u.reason).collect();
+        tx.execute(
+            "UPDATE transactions t SET status = u.status, reason = u.reason
+             FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[])
+                AS u(id, shard, status, reason)
+             WHERE t.id = u.id::uuid AND t.shard = u.shard",
+            &[&ids, &shards, &statuses, &reasons],
+        )
+        .await?;
+    }
+    if !rows.entries.is_empty() {
+        let e = &rows.entries;
+        let wallets: Vec<i64> = e.iter().map(|e| e.wallet as i64).collect();
+        let transactions: Vec<String> = e.iter().map(|e| uuid_text(e.transaction)).collect();
+        let shards: Vec<i32> = e.iter().map(|e| i32::from(e.shard)).collect();
+        let sequences: Vec<i64> = e.iter().map(|e| e.sequence as i64).collect();
+        let deltas: Vec<String> = e.iter().map(|e| format_minor(e.delta, e.scale)).collect();
+        let currencies: Vec<&str> = e.iter().map(|e| e.currency.as_str()).collect();
+        tx.execute(
+            "INSERT INTO ledger_entries (wallet_id, transaction_id, shard, sequence, delta,
+                currency)
+             SELECT w, t::uuid, s, q, d::numeric, c
+             FROM unnest($1::int8[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[])
+                AS u(w, t, s, q, d, c)",
+            &[
+                &wallets,
+                &transactions,
+                &shards,
+                &sequences,
+                &deltas,
+                &currencies,
+            ],
+        )
+        .await?;
+    }
+    if !rows.idempotency.is_empty() {
+        let i = &rows.idempotency;
+        let shards: Vec<i32> = i.iter().map(|i| i32::from(i.shard)).collect();
+        let keys: Vec<&[u8]> = i.iter().map(|i| i.key.as_slice()).collect();
+        let transactions: Vec<Option<String>> =
+            i.iter().map(|i| i.transaction.map(uuid_text)).collect();
+        let outcomes: Vec<&str> = i.iter().map(|i| i.outcome.as_str()).collect();
+        let sequences: Vec<i64> = i.iter().map(|i| i.sequence as i64).collect();
+        let created: Vec<String> = i.iter().map(|i| timestamp_text(i.created_at_ns)).collect();
+        tx.execute(
+            "INSERT INTO transaction_idempotency (shard, idempotency_key, transaction_id, outcome,
+                sequence, created_at)
+             SELECT s, k, t::uuid, o, q, c::timestamp
+             FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                AS u(s, k, t, o, q, c)
+             ON CONFLICT (shard, idempotency_key) DO UPDATE SET
+                transaction_id = excluded.transaction_id, outcome = excluded.outcome,
+                sequence = excluded.sequence, created_at = excluded.created_at
+             WHERE transaction_idempotency.outcome IS DISTINCT FROM excluded.outcome
+                OR transaction_idempotency.transaction_id IS DISTINCT FROM excluded.transaction_id",
+            &[
+                &shards,
+                &keys,
+                &transactions,
+                &outcomes,
+                &sequences,
+                &created,
+            ],
+        )
+        .await?;
+    }
+    if !rows.holds.is_empty() {
+        let h = &rows.holds;
+        let ids: Vec<i64> = h.iter().map(|h| h.id as i64).collect();
+        let shards: Vec<i32> = h.iter().map(|h| i32::from(h.shard)).collect();
+        let wallets: Vec<i64> = h.iter().map(|h| h.wallet as i64).collect();
+        let amounts: Vec<String> = h.iter().map(|h| amount(h.amount, h.scale)).collect();
+        let currencies: Vec<&str> = h.iter().map(|h| h.currency.as_str()).collect();
+        let withdrawals: Vec<bool> = h.iter().map(|h| h.withdrawal).collect();
+        let statuses: Vec<&str> = h.iter().map(|h| h.status).collect();
+        let captured: Vec<Option<String>> = h
+            .iter()
+            .map(|h| h.captured.map(|c| amount(c, h.scale)))
+            .collect();
+        let expires: Vec<Option<String>> = h
+            .iter()
+            .map(|h| h.expires_at_ns.map(timestamp_text))
+            .collect();
+        let created: Vec<String> = h.iter().map(|h| timestamp_text(h.created_at_ns)).collect();
+        let closed: Vec<Option<String>> = h
+            .iter()
+            .map(|h| h.closed_at_ns.map(timestamp_text))
+            .collect();
+        let sequences: Vec<i64> = h.iter().map(|h| h.sequence as i64).collect();
+        tx.execute(
+            "INSERT INTO holds (id, shard, wallet_id, amount, currency, withdrawal, status,
+                captured_amount, expires_at, created_at, closed_at, sequence)
+             SELECT id, s, w, a::numeric, c, wd, st, cap::numeric, ex::timestamp, cr::timestamp,
+                cl::timestamp, q
+             FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::bool[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
+                AS u(id, s, w, a, c, wd, st, cap, ex, cr, cl, q)",
+            &[
+                &ids,
+                &shards,
+                &wallets,
+                &amounts,
+                &currencies,
+                &withdrawals,
+                &statuses,
+                &captured,
+                &expires,
+                &created,
+                &closed,
+                &sequences,
+            ],
+        )
+        .await?;
+    }
+    if !rows.hold_closes.is_empty() {
+        let h = &rows.hold_closes;
+        let ids: Vec<i64> = h.iter().map(|h| h.id as i64).collect();
+        let statuses: Vec<&str> = h.iter().map(|h| h.status).collect();
+        let captured: Vec<Option<String>> = h
+            .iter()
+            .map(|h| h.captured.map(|c| amount(c, h.scale)))
+            .collect();
+        let closed: Vec<String> = h.iter().map(|h| timestamp_text(h.closed_at_ns)).collect();
+        let sequences: Vec<i64> = h.iter().map(|h| h.sequence as i64).collect();
+        tx.execute(
+            "UPDATE holds h SET status = u.st, captured_amount = u.cap::numeric,
+                closed_at = u.cl::timestamp, sequence = u.q
+             FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[])
+                AS u(id, st, cap, cl, q)
+             WHERE h.id = u.id",
+            &[&ids, &statuses, &captured, &closed, &sequences],
+        )
+        .await?;
+    }
+    tx.execute(
+        "INSERT INTO flush_checkpoints (shard, last_sequence, last_timestamp_ns, updated_at)
+         VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC')
+         ON CONFLICT (shard) DO UPDATE SET last_sequence = excluded.last_sequence,
+            last_timestamp_ns = excluded.last_timestamp_ns, updated_at = excluded.updated_at",
+        &[
+            &shard,
+            &(rows.last_sequence as i64),
+            &(rows.last_timestamp_ns as i64),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

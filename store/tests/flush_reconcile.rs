@@ -1,0 +1,237 @@
+//! The flusher against both backends (SQLite file and a real PostgreSQL): a multi-shard journal
+//! written out in batches, resumed after a stop, then reconciled; a tampered balance and a
+//! deleted movement are found; partitions appear across a month boundary.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use paycore_engine::EngineConfig;
+use paycore_store::flusher::{FlushStatus, FlusherConfig, run};
+use paycore_store::reconcile::{ReconcileConfig, Silent, reconcile};
+use paycore_store::store::{Store, StoreTarget};
+use paycore_store::testing::PgSchema;
+use paycore_store::workload::{Workload, WorkloadConfig, write_journals};
+
+const SHARDS: u16 = 2;
+
+fn workload(start_ns: u64, step_ns: u64) -> Workload {
+    Workload::new(WorkloadConfig {
+        shards: SHARDS,
+        seed: 11,
+        users: 40,
+        start_ns,
+        step_ns,
+        transfers_only: false,
+    })
+}
+
+fn flush_all(data_dir: &Path, target: &StoreTarget, batch: usize) {
+    for shard in 0..SHARDS {
+        let mut config = FlusherConfig::new(
+            data_dir.to_path_buf(),
+            EngineConfig {
+                shard,
+                shard_count: SHARDS,
+                ..EngineConfig::default()
+            },
+            target.clone(),
+        );
+        config.stop_at_end = true;
+        config.batch_records_max = batch;
+        let status = FlushStatus::default();
+        run(&config, &status, &AtomicBool::new(false)).expect("flush");
+    }
+}
+
+fn check(data_dir: &Path, target: &StoreTarget) -> paycore_store::reconcile::Report {
+    let config = ReconcileConfig {
+        data_dir: data_dir.to_path_buf(),
+        shard_count: SHARDS,
+        engine_config: EngineConfig::default(),
+        target: target.clone(),
+    };
+    reconcile(&config, &Silent).expect("reconcile runs")
+}
+
+fn scenario(target: &StoreTarget, data_dir: &Path) {
+    // 2026-01-31 23:00 UTC, 2 s per command: the stream crosses into February.
+    let mut workload = workload(1_769_900_400_000_000_000, 2_000_000_000);
+    let mut records = Vec::new();
+    workload.generate(3_000, &mut records);
+    write_journals(data_dir, SHARDS, &records, 100).expect("journal");
+    flush_all(data_dir, target, 257);
+    let report = check(data_dir, target);
+    assert!(report.ok(), "{}", report.summary());
+
+    // More commands (and all legs delivered), then the flusher resumes from its checkpoint.
+    let mut more = Vec::new();
+    workload.generate(2_000, &mut more);
+    workload.drain_legs(&mut more);
+    write_journals(data_dir, SHARDS, &more, 64).expect("journal");
+    flush_all(data_dir, target, 1000);
+    let report = check(data_dir, target);
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(
+        report
+            .shards
+            .iter()
+            .map(|s| s.checkpoint)
+            .collect::<Vec<_>>(),
+        workload
+            .engines
+            .iter()
+            .map(|e| e.last_sequence())
+            .collect::<Vec<_>>()
+    );
+    let movements: u64 = report.shards.iter().map(|s| s.movements).sum();
+    assert!(movements > 1_000, "{movements} movements");
+
+    // Exactly once: rows match the engine one for one (a duplicate movement would fail the
+    // primary key, a duplicate posting would break check 2).
+    let mut store = Store::connect(target).expect("connect");
+    let wallets: u64 = store
+        .query_text("SELECT CAST(count(*) AS TEXT) FROM wallets")
+        .expect("count")
+        .and_then(|v| v.parse().ok())
+        .expect("a count");
+    let engine_wallets: usize = workload.engines.iter().map(|e| e.wallet_count()).sum();
+    assert_eq!(wallets, engine_wallets as u64);
+
+    // Tamper with one balance: found by checks 1, 2 and 3.
+    let user_wallet = workload.wallets[3].0;
+    store
+        .execute_batch(&format!(
+            "UPDATE wallets SET balance = '123.45', available_balance = '123.45' WHERE id = {}",
+            user_wallet.0
+        ))
+        .expect("tamper");
+    let report = check(data_dir, target);
+    assert!(!report.ok());
+    let subject = format!("wallet {}", user_wallet.0);
+    for check in ["1-sum-zero", "2-wallet-postings", "3-engine-wallet"] {
+        assert!(
+            report
+                .discrepancies
+                .iter()
+                .any(|d| d.check == check
+                    && (check == "1-sum-zero" || d.subject.starts_with(&subject))),
+            "{check} not found:\n{}",
+            report.summary()
+        );
+    }
+    let listed = report
+        .discrepancies
+        .iter()
+        .find(|d| d.check == "3-engine-wallet")
+        .expect("listed");
+    assert!(listed.found.contains("123.45"), "{listed:?}");
+    assert!(!listed.expected.contains("123.45"), "{listed:?}");
+    drop(store);
+    flush_all(data_dir, target, 1000); // nothing new: the flusher does not repair or duplicate
+    let mut store = Store::connect(target).expect("connect");
+    store
+        .execute_batch(&format!(
+            "UPDATE wallets SET balance = '{b}', available_balance = '{a}' WHERE id = {id}",
+            b = paycore_store::decimal::format_minor(
+                workload.engines[usize::from(user_wallet.shard())]
+                    .wallet(user_wallet)
+                    .expect("wallet")
+                    .balance(),
+                2
+            ),
+            a = paycore_store::decimal::format_minor(
+                workload.engines[usize::from(user_wallet.shard())]
+                    .wallet(user_wallet)
+                    .expect("wallet")
+                    .available,
+                2
+            ),
+            id = user_wallet.0
+        ))
+        .expect("restore");
+    let report = check(data_dir, target);
+    assert!(report.ok(), "restored: {}", report.summary());
+
+    // Delete one movement row: its postings have no movement.
+    let victim = store
+        .query_text("SELECT CAST(id AS TEXT) FROM transactions WHERE kind = 'transfer' ORDER BY sequence LIMIT 1")
+        .expect("query")
+        .expect("a transfer");
+    store
+        .execute_batch(&format!("DELETE FROM transactions WHERE id = '{victim}'"))
+        .expect("delete");
+    let report = check(data_dir, target);
+    assert!(!report.ok());
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.check == "2-movement-postings" && d.subject.contains(&victim)),
+        "{}",
+        report.summary()
+    );
+    let json = report.to_json();
+    assert_eq!(json["ok"], false);
+    assert!(json["discrepancy_count"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn sqlite_flush_resume_reconcile_tamper() {
+    let dir = tempdir("sqlite");
+    let target = StoreTarget::Sqlite(dir.join("store.sqlite"));
+    scenario(&target, &dir.join("data"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn postgres_flush_resume_reconcile_tamper_and_month_partitions() {
+    let Some(pg) = PgSchema::create("flush_reconcile") else {
+        return;
+    };
+    let dir = tempdir("pg");
+    scenario(&pg.target, &dir.join("data"));
+    // The stream started on 31 January and crossed into February: rows landed in both
+    // monthly partitions, and the month after the last timestamp was created ahead.
+    let mut store = Store::connect(&pg.target).expect("connect");
+    let partitions = store
+        .query_text(&format!(
+            "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+             JOIN pg_namespace n ON n.oid = p.relnamespace
+             WHERE p.relname = 'transactions' AND n.nspname = '{}'",
+            pg.schema
+        ))
+        .expect("partitions")
+        .unwrap_or_default();
+    assert_eq!(
+        partitions,
+        "transactions_2026_01,transactions_2026_02,transactions_2026_03"
+    );
+    for (partition, at_least) in [("transactions_2026_01", 100), ("transactions_2026_02", 100)] {
+        let rows: u64 = store
+            .query_text(&format!("SELECT count(*)::text FROM {partition}"))
+            .expect("count")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(rows >= at_least, "{partition}: {rows} rows");
+    }
+    let misplaced = store
+        .query_text(
+            "SELECT count(*)::text FROM transactions_2026_01 WHERE created_at >= '2026-02-01'",
+        )
+        .expect("query");
+    assert_eq!(misplaced.as_deref(), Some("0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "paycore-store-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
