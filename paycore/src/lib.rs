@@ -2,5 +2,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod flush;
 pub mod node;
 pub mod torture;

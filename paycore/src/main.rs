@@ -5,6 +5,8 @@
 //! hidden `torture` child for crash tests. Each subcommand's `--help` explains its flags.
 
 mod config_file;
+mod flush_command;
+mod reconcile_command;
 mod gateway_command;
 mod snapshot_command;
 
@@ -46,6 +48,15 @@ enum Action {
     /// Run the HTTP gateway (REST API, auth, rate limits) in front of a core node. Every flag
     /// also reads an environment variable (PAYCORE_GATEWAY_…; DATABASE_URL for PostgreSQL).
     Gateway(gateway_command::GatewayArgs),
+    /// Write every shard's journal into the store (PostgreSQL with --postgres-url or
+    /// DATABASE_URL, else <data_dir>/store.sqlite) as its own process: resumes from the store's
+    /// checkpoints; --once exits when done, else it follows the journals until stopped.
+    Flush(flush_command::FlushArgs),
+    /// Check the store against the engine (read-only): balances sum to zero per currency, each
+    /// balance equals its postings, balances equal the engine's at the flushed sequence,
+    /// idempotency records and holds agree. Exit 0 only when everything matches; writes a
+    /// JSON report.
+    Reconcile(reconcile_command::ReconcileArgs),
     /// A shard under load for crash tests (prints ACK lines; meant to be killed).
     #[command(hide = true)]
     Torture(torture::TortureArgs),
@@ -70,6 +81,8 @@ fn main() -> std::process::ExitCode {
         Action::Demo => demo(),
         Action::Gateway(args) => report(gateway_command::run(args)),
         Action::Snapshot(args) => report(snapshot_command::run(args)),
+        Action::Flush(args) => report(flush_command::run(args)),
+        Action::Reconcile(args) => reconcile_command::run(args),
         Action::Torture(args) => report(torture::run(args)),
     }
 }
