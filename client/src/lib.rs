@@ -320,6 +320,26 @@ impl Client {
         Ok(frame)
     }
 
+    /// The QUIC connection, for protocols beside request/response (a standby's replication
+    /// streams).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// An operator command (`status`, `promote`): the node's JSON answer.
+    pub async fn admin(
+        &self,
+        command: paycore_protocol::AdminCommand,
+    ) -> Result<String, ClientError> {
+        match self.round_trip(&Frame::Admin(command)).await? {
+            Frame::AdminResult { json } => Ok(json),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer to an operator command: {:?}",
+                other.kind()
+            ))),
+        }
+    }
+
     /// Submits a batch and returns one result per command, in order, retrying busy and
     /// unavailable commands with the same keys (see the crate docs).
     pub async fn submit(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ClientError> {

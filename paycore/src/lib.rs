@@ -4,4 +4,6 @@
 
 pub mod flush;
 pub mod node;
+pub mod node_state;
+pub mod replication;
 pub mod torture;

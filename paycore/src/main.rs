@@ -6,8 +6,9 @@
 
 mod config_file;
 mod flush_command;
-mod reconcile_command;
 mod gateway_command;
+mod operator_command;
+mod reconcile_command;
 mod snapshot_command;
 
 use paycore::{node, torture};
@@ -48,6 +49,13 @@ enum Action {
     /// Run the HTTP gateway (REST API, auth, rate limits) in front of a core node. Every flag
     /// also reads an environment variable (PAYCORE_GATEWAY_…; DATABASE_URL for PostgreSQL).
     Gateway(gateway_command::GatewayArgs),
+    /// Show a running node's role, epoch, shards and replication (standby lag, or lag behind
+    /// the primary).
+    Status(operator_command::StatusArgs),
+    /// Make a running hot standby the primary of a new epoch: it stops following, applies
+    /// everything it received, and takes writes. Refused when it knows it is behind an async
+    /// primary, unless --force.
+    Promote(operator_command::PromoteArgs),
     /// Write every shard's journal into the store (PostgreSQL with --postgres-url or
     /// DATABASE_URL, else <data_dir>/store.sqlite) as its own process: resumes from the store's
     /// checkpoints; --once exits when done, else it follows the journals until stopped.
@@ -57,6 +65,9 @@ enum Action {
     /// idempotency records and holds agree. Exit 0 only when everything matches; writes a
     /// JSON report.
     Reconcile(reconcile_command::ReconcileArgs),
+    /// Writes a benchmark journal for the store figures (BENCHMARKS.md).
+    #[command(hide = true)]
+    FlushBenchJournal(flush_command::BenchJournalArgs),
     /// A shard under load for crash tests (prints ACK lines; meant to be killed).
     #[command(hide = true)]
     Torture(torture::TortureArgs),
@@ -81,8 +92,11 @@ fn main() -> std::process::ExitCode {
         Action::Demo => demo(),
         Action::Gateway(args) => report(gateway_command::run(args)),
         Action::Snapshot(args) => report(snapshot_command::run(args)),
+        Action::Status(args) => report(operator_command::status(args)),
+        Action::Promote(args) => report(operator_command::promote(args)),
         Action::Flush(args) => report(flush_command::run(args)),
         Action::Reconcile(args) => reconcile_command::run(args),
+        Action::FlushBenchJournal(args) => report(flush_command::bench_journal(args)),
         Action::Torture(args) => report(torture::run(args)),
     }
 }

@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use paycore_journal::MmapStorage;
 use paycore_journal::{Durability, RecoveryOptions};
 use paycore_protocol::{
-    CommandResult, ErrorCode, FRAME_BYTES_MAX, Frame, HoldView, Query, QueryResult, ShardStatus,
-    StatusView, WalletView, decode, encode,
+    AdminCommand, CommandResult, ErrorCode, FRAME_BYTES_MAX, Frame, HoldView, Query, QueryResult,
+    ShardStatus, StatusView, WalletView, decode, encode,
 };
-use paycore_sequencer::{Sequencer, SequencerConfig};
+use paycore_sequencer::{ReplicationMode, Sequencer, SequencerConfig};
+
+use crate::node_state::{NodeState, Role};
+use crate::replication::{NodeRole, PrimaryLink};
 use paycore_snapshot::SnapshotPolicy;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -78,6 +82,75 @@ pub struct NodeArgs {
     /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
     #[arg(long)]
     pub truncate_corruption: bool,
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
+}
+
+/// Hot standby: which node this one follows, and how a primary waits for its standby.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReplicationArgs {
+    /// Run as a hot standby of the primary at this QUIC address: receive its journal, apply it
+    /// (ready to serve at once), refuse client writes until `paycore promote`. Also how an old
+    /// primary rejoins: its records the new primary's history lacks are cut (backed up) and
+    /// reported at start.
+    #[arg(long, env = "PAYCORE_STANDBY_OF")]
+    pub standby_of: Option<SocketAddr>,
+    /// The primary's certificate (DER) a standby trusts (e.g. the primary's
+    /// `<data_dir>/tls/cert.der`); or `--primary-fingerprint`.
+    #[arg(long, env = "PAYCORE_PRIMARY_TRUST")]
+    pub primary_trust: Option<PathBuf>,
+    /// SHA-256 of the primary's certificate, hex (as `paycore node` prints it).
+    #[arg(long, env = "PAYCORE_PRIMARY_FINGERPRINT")]
+    pub primary_fingerprint: Option<String>,
+    /// As a primary, how replies wait for a standby: `off` (no standby), `async` (the standby
+    /// may lag by up to --replication-max-lag-records; alone after --replication-alone-after-ms
+    /// without it), `sync` (a reply waits until its record is durable on the standby too; with
+    /// no standby, writes wait). Default: off.
+    #[arg(long, env = "PAYCORE_REPLICATION", value_parser = ["off", "async", "sync"])]
+    pub replication: Option<String>,
+    /// Async: most records the standby may lag before replies wait for it.
+    #[arg(
+        long,
+        env = "PAYCORE_REPLICATION_MAX_LAG_RECORDS",
+        default_value_t = 100_000
+    )]
+    pub replication_max_lag_records: u64,
+    /// Async: after the standby has been gone this long, carry on alone.
+    #[arg(
+        long,
+        env = "PAYCORE_REPLICATION_ALONE_AFTER_MS",
+        default_value_t = 1_000
+    )]
+    pub replication_alone_after_ms: u64,
+}
+
+impl ReplicationArgs {
+    fn mode(&self) -> ReplicationMode {
+        match self.replication.as_deref() {
+            Some("sync") => ReplicationMode::Sync,
+            Some("async") => ReplicationMode::Async {
+                max_lag_records: self.replication_max_lag_records,
+                alone_after_ms: self.replication_alone_after_ms,
+            },
+            _ => ReplicationMode::Off,
+        }
+    }
+
+    fn link(&self, data_dir: &Path) -> Option<PrimaryLink> {
+        let server = self.standby_of?;
+        let trust_sha256 = self
+            .primary_fingerprint
+            .as_deref()
+            .and_then(paycore_client::parse_fingerprint);
+        Some(PrimaryLink {
+            server,
+            trust_der_path: self
+                .primary_trust
+                .clone()
+                .unwrap_or_else(|| data_dir.join("tls").join("primary-cert.der")),
+            trust_sha256,
+        })
+    }
 }
 
 /// The certificate and key to serve: given, or the embedded self-signed pair (created once).
@@ -104,11 +177,15 @@ fn tls_identity(
     Ok((CertificateDer::from(read(&cert_path)?), key, cert_path))
 }
 
+fn shard_count(args: &NodeArgs) -> u16 {
+    args.shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16))
+        .max(1)
+}
+
 fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
-    let shards = args
-        .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
-    let mut config = SequencerConfig::new(args.data_dir.clone(), shards.max(1));
+    let mut config = SequencerConfig::new(args.data_dir.clone(), shard_count(args));
+    config.replication = args.replication.mode();
     config.ring_requests_max = args.ring_requests_max.max(1);
     config.batch_commands_max = args.batch_commands_max.max(1);
     config.journal.durability = if args.durability == "none" {
@@ -167,10 +244,59 @@ pub struct Node {
     /// SHA-256 of the served certificate, hex: what a client may pin instead of the file.
     pub fingerprint: String,
     pub listen: SocketAddr,
+    pub role: Arc<NodeRole>,
+}
+
+/// Settles the node's role before its shards open: a standby (`--standby-of`) asks its
+/// primary which of its records are history and cuts the rest (reported); a folder that
+/// belongs to a standby is never started as a primary by accident.
+async fn settle_role(args: &NodeArgs) -> Result<NodeState, String> {
+    let shards = shard_count(args);
+    let mut state = NodeState::load_or_new(&args.data_dir, shards)?;
+    match args.replication.link(&args.data_dir) {
+        None if state.role == Role::Standby => Err(format!(
+            "{} belongs to a standby (epoch {}): start it with --standby-of <primary>, and promote it with `paycore promote` while it runs",
+            args.data_dir.display(),
+            state.epoch
+        )),
+        None => {
+            state.save(&args.data_dir)?;
+            Ok(state)
+        }
+        Some(link) => {
+            let cuts = crate::replication::rejoin(&link, &args.data_dir, shards, &mut state)
+                .await
+                .map_err(|e| format!("cannot join the primary at {}: {e}", link.server))?;
+            if cuts.is_none() {
+                println!(
+                    "paycore node: primary {} unreachable; starting as its standby anyway (promote this node with `paycore promote` if the primary is gone)",
+                    link.server
+                );
+            }
+            for cut in cuts.iter().flatten() {
+                println!(
+                    "paycore node: shard {} rejoins: cut records {}..={} that the primary's history does not hold (none was acknowledged if the old primary ran in sync mode; in async mode some may have been); backups: {}; snapshots removed: {}",
+                    cut.shard,
+                    cut.tail.first_sequence,
+                    cut.tail.last_sequence,
+                    cut.tail
+                        .backups
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cut.snapshots_removed.len()
+                );
+            }
+            state.role = Role::Standby;
+            state.save(&args.data_dir)?;
+            Ok(state)
+        }
+    }
 }
 
 /// Starts the shards and the QUIC listener (inside a tokio runtime).
-pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
+pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (cert, key, trust_path) = tls_identity(args)?;
     let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
@@ -178,8 +304,38 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let config = sequencer_config(args);
+    let state = settle_role(args).await?;
+    let mut config = sequencer_config(args);
+    config.journal.epoch = state.epoch;
+    config.standby = state.role == Role::Standby;
+    let standby = config.standby;
+    let shards = config.shard_count;
+    let last_epochs: Vec<u64> = (0..shards)
+        .map(|shard| {
+            let journal = paycore_snapshot::ShardPaths::new(&args.data_dir, shard).journal;
+            MmapStorage::open_dir(&journal)
+                .ok()
+                .and_then(|storage| paycore_journal::last_record(&storage, shard).ok().flatten())
+                .map_or(0, |(_, epoch)| epoch)
+        })
+        .collect();
     let sequencer = Arc::new(Sequencer::start(config).map_err(|e| e.to_string())?);
+    let role = Arc::new(NodeRole::new(
+        args.data_dir.clone(),
+        args.durability.clone(),
+        state,
+        args.replication.standby_of,
+        shards,
+    ));
+    for (follow, epoch) in role.follows.iter().zip(last_epochs) {
+        follow
+            .last_epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+    role.hook_commits(&sequencer);
+    if standby && let Some(link) = args.replication.link(&args.data_dir) {
+        crate::replication::follow(link, sequencer.clone(), role.clone());
+    }
     let mut server = server_config(cert, key, args.ca.as_deref())?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
@@ -190,6 +346,7 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
     let listen = endpoint.local_addr().map_err(|e| e.to_string())?;
     let accept = endpoint.clone();
     let serving = sequencer.clone();
+    let serving_role = role.clone();
     let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
@@ -199,9 +356,10 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
                 continue;
             };
             let sequencer = serving.clone();
+            let role = serving_role.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(connection) => serve_connection(connection, sequencer).await,
+                    Ok(connection) => serve_connection(connection, sequencer, role).await,
                     Err(error) => tracing::debug!(%error, "handshake failed"),
                 }
                 drop(slot);
@@ -214,6 +372,7 @@ pub fn start_node(args: &NodeArgs) -> Result<Node, String> {
         trust_path,
         fingerprint,
         listen,
+        role,
     })
 }
 
@@ -225,15 +384,22 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let node = start_node(&args)?;
+        let node = start_node(&args).await?;
+        let state = node.role.state();
         println!(
-            "paycore node: {} shard(s), data in {}, QUIC on {} (trust {} or sha256 {}), durability {}",
+            "paycore node: {} shard(s), data in {}, QUIC on {} (trust {} or sha256 {}), durability {}, {} of epoch {}{}, replication {}",
             node.sequencer.shard_count(),
             args.data_dir.display(),
             node.listen,
             node.trust_path.display(),
             node.fingerprint,
-            args.durability
+            args.durability,
+            state.role.name(),
+            state.epoch,
+            args.replication
+                .standby_of
+                .map_or(String::new(), |p| format!(" (following {p})")),
+            args.replication.mode().name(),
         );
         wait_for_signal().await;
         println!("paycore node: shutting down (finishing in-flight commits)");
@@ -283,7 +449,11 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve_connection(connection: quinn::Connection, sequencer: Arc<Sequencer>) {
+async fn serve_connection(
+    connection: quinn::Connection,
+    sequencer: Arc<Sequencer>,
+    role: Arc<NodeRole>,
+) {
     let budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_REQUEST_BYTES_MAX));
     loop {
         match connection.accept_bi().await {
@@ -291,8 +461,9 @@ async fn serve_connection(connection: quinn::Connection, sequencer: Arc<Sequence
                 let sequencer = sequencer.clone();
                 let connection = connection.clone();
                 let budget = budget.clone();
+                let role = role.clone();
                 tokio::spawn(async move {
-                    if let Some(code) = serve_stream(send, recv, sequencer, budget).await
+                    if let Some(code) = serve_stream(send, recv, sequencer, role, budget).await
                         && code.closes_connection()
                     {
                         connection.close(u32::from(code.0).into(), code.name().as_bytes());
@@ -309,6 +480,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     sequencer: Arc<Sequencer>,
+    role: Arc<NodeRole>,
     budget: Arc<tokio::sync::Semaphore>,
 ) -> Option<ErrorCode> {
     // The length prefix first: it says how much memory the frame needs, before any is taken.
@@ -336,6 +508,21 @@ async fn serve_stream(
                 drop((bytes, permit));
                 return subscribe(send, id, from, &sequencer).await;
             }
+            Ok((
+                id,
+                Frame::ReplicaHello {
+                    shard,
+                    from_sequence,
+                    last_epoch,
+                    epoch,
+                },
+            )) => {
+                drop((bytes, permit));
+                let hello = (shard, from_sequence, last_epoch, epoch);
+                return crate::replication::serve_standby(send, recv, id, hello, sequencer, role)
+                    .await;
+            }
+            Ok((id, Frame::Admin(command))) => (id, admin(command, &sequencer, &role).await),
             Ok((id, frame)) => (id, answer(frame, &sequencer).await),
         }
     };
@@ -356,6 +543,21 @@ async fn serve_stream(
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
     code
+}
+
+/// Operator commands: status and promotion.
+async fn admin(command: AdminCommand, sequencer: &Arc<Sequencer>, role: &Arc<NodeRole>) -> Frame {
+    match command {
+        AdminCommand::Status => Frame::AdminResult {
+            json: crate::replication::status_json(sequencer, role),
+        },
+        AdminCommand::Promote { force } => {
+            match crate::replication::promote(sequencer, role, force).await {
+                Ok(json) => Frame::AdminResult { json },
+                Err(message) => Frame::error(ErrorCode::REFUSED, message),
+            }
+        }
+    }
 }
 
 async fn answer(frame: Frame, sequencer: &Arc<Sequencer>) -> Frame {

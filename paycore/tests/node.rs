@@ -27,6 +27,7 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
         key: None,
         ca: None,
         truncate_corruption: false,
+        replication: Default::default(),
     }
 }
 
@@ -127,7 +128,7 @@ async fn balance(client: &Client, wallet: WalletId) -> i128 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_retries_cross_shard_and_restart_over_quic() {
     let dir = data_dir("e2e");
-    let node = start_node(&args(&dir, 2)).expect("node starts");
+    let node = start_node(&args(&dir, 2)).await.expect("node starts");
     let client = client(node.listen, &dir).await;
     let wallets = open_wallets(&client, 20, 10_000).await;
 
@@ -179,7 +180,7 @@ async fn batches_retries_cross_shard_and_restart_over_quic() {
     node.endpoint.close(0u32.into(), b"restart");
     node.endpoint.wait_idle().await;
     stop_sequencer(node.sequencer).await;
-    let node = start_node(&args(&dir, 2)).expect("node restarts");
+    let node = start_node(&args(&dir, 2)).await.expect("node restarts");
     let client = self::client(node.listen, &dir).await;
     for (wallet, expected) in wallets.iter().zip(&before) {
         assert_eq!(balance(&client, *wallet).await, *expected);
@@ -195,7 +196,7 @@ async fn busy_backpressure_and_retries() {
     let dir = data_dir("busy");
     let mut node_args = args(&dir, 1);
     node_args.ring_requests_max = 1;
-    let node = start_node(&node_args).expect("node starts");
+    let node = start_node(&node_args).await.expect("node starts");
     let client = std::sync::Arc::new(client(node.listen, &dir).await);
     let wallets = open_wallets(&client, 2, 1_000_000).await;
     // Many single-command requests at once, without retries: some find the ring full.
@@ -250,7 +251,7 @@ async fn busy_backpressure_and_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_an_error_frame_and_the_connection_closes() {
     let dir = data_dir("malformed");
-    let node = start_node(&args(&dir, 1)).expect("node starts");
+    let node = start_node(&args(&dir, 1)).await.expect("node starts");
     let certificate = std::fs::read(dir.join("tls/cert.der")).expect("cert");
     let config = paycore_client::quic_client_config(certificate.into()).expect("tls");
     let mut endpoint =
@@ -343,7 +344,7 @@ async fn collect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_subscription_in_order_and_resumable() {
     let dir = data_dir("events");
-    let node = start_node(&args(&dir, 2)).expect("node starts");
+    let node = start_node(&args(&dir, 2)).await.expect("node starts");
     let client = client(node.listen, &dir).await;
     let mut subscription = client.subscribe(Vec::new()).await.expect("subscribe");
     let wallets = open_wallets(&client, 10, 1_000).await;
@@ -394,7 +395,7 @@ async fn event_subscription_in_order_and_resumable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_may_pin_the_certificate_fingerprint() {
     let dir = data_dir("pin");
-    let node = start_node(&args(&dir, 1)).expect("node starts");
+    let node = start_node(&args(&dir, 1)).await.expect("node starts");
     let pinned =
         paycore_client::parse_fingerprint(&node.fingerprint).expect("node prints a fingerprint");
     let mut config = ClientConfig::new(node.listen, dir.join("no-such-file.der"));
@@ -440,7 +441,7 @@ async fn with_a_ca_only_clients_with_its_certificates_get_in() {
 
     let mut node_args = args(&dir, 1);
     node_args.ca = Some(dir.join("ca.der"));
-    let node = start_node(&node_args).expect("node starts");
+    let node = start_node(&node_args).await.expect("node starts");
     // Without a client certificate: no service.
     let anonymous =
         match Client::connect(ClientConfig::new(node.listen, dir.join("tls/cert.der"))).await {

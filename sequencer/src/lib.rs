@@ -220,13 +220,37 @@ impl Sequencer {
                 let thread = std::thread::Builder::new()
                     .name(format!("release-{shard}"))
                     .spawn(move || {
-                        for release in receiver {
+                        let mut legs: std::collections::VecDeque<(u64, Vec<(u16, Command)>)> =
+                            std::collections::VecDeque::new();
+                        loop {
+                            while let Some((sequence, _)) = legs.front()
+                                && gate.allows_legs(*sequence)
+                            {
+                                let (_, messages) = legs.pop_front().expect("front exists");
+                                for (to, command) in messages {
+                                    // Unbounded by design (see writer.rs).
+                                    let _ = peers[usize::from(to)].send(command);
+                                }
+                            }
+                            let mut release = match receiver.recv_timeout(Duration::from_millis(2))
+                            {
+                                Ok(release) => release,
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                            };
                             gate.wait_for(release.last_sequence, &stop);
                             if gate.allows(release.last_sequence) {
+                                if !release.messages.is_empty() {
+                                    legs.push_back((
+                                        release.last_sequence,
+                                        std::mem::take(&mut release.messages),
+                                    ));
+                                }
                                 let_out(release, &events, &peers, &gate);
                             }
                             // Else stopping: results not on the standby are never released;
                             // their clients see the request fail and retry with the same keys.
+                            // Legs not sent stay pending in the journal and are resent at start.
                         }
                     })
                     .map_err(|source| ShardError::Io {

@@ -14,8 +14,10 @@
 //!   `max_lag_records` while connected, everything after the link was lost once alone.
 //! - `off`: no standby; results go out directly from the writer (no releaser thread).
 //!
-//! Legs to other shards wait at the gate too: a credit journaled on shard B must never reach
-//! a standby whose copy of shard A lacks the matching debit.
+//! Legs to other shards wait until the standby holds their debit, in both modes (async:
+//! unless alone): a credit journaled on shard B must never reach a standby whose copy of
+//! shard A lacks the matching debit, or a failover would create money. Replies do not wait for
+//! legs; a cross-shard transfer's credit is just later.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -48,7 +50,8 @@ pub struct ReplicationGate {
     mode: ReplicationMode,
     /// Every record up to here is durable on the standby.
     standby_durable: AtomicU64,
-    connected: AtomicBool,
+    /// Replication streams open (a reconnecting standby may briefly have two).
+    connected: std::sync::atomic::AtomicU32,
     /// A standby connected at least once since start (from then on retention waits for it).
     ever_connected: AtomicBool,
     /// When the standby last disconnected (`None`: never connected since start).
@@ -76,7 +79,7 @@ impl ReplicationGate {
         ReplicationGate {
             mode,
             standby_durable: AtomicU64::new(standby_durable),
-            connected: AtomicBool::new(false),
+            connected: std::sync::atomic::AtomicU32::new(0),
             ever_connected: AtomicBool::new(false),
             disconnected_at: Mutex::new(None),
             released: AtomicU64::new(0),
@@ -95,7 +98,7 @@ impl ReplicationGate {
     }
 
     pub fn standby_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire) > 0
     }
 
     /// Sequence up to which replies and events have left the node.
@@ -109,15 +112,22 @@ impl ReplicationGate {
         self.wake();
     }
 
+    /// A replication stream opened (`true`) or closed (`false`); calls pair up.
     pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Release);
         if connected {
+            self.connected.fetch_add(1, Ordering::AcqRel);
             self.ever_connected.store(true, Ordering::Release);
         } else {
-            *self
-                .disconnected_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            let before = self
+                .connected
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .unwrap_or(0);
+            if before == 1 {
+                *self
+                    .disconnected_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
         }
         self.wake();
     }
@@ -161,6 +171,20 @@ impl ReplicationGate {
                     None => true,
                     Some(at) => at.elapsed() >= Duration::from_millis(alone_after_ms),
                 }
+            }
+        }
+    }
+
+    /// May legs to other shards from records up to `sequence` leave? Only once the standby
+    /// holds those records (in every mode with a standby), or when an async primary carries
+    /// on alone: a credit on shard B must never reach a standby that lacks shard A's debit.
+    pub fn allows_legs(&self, sequence: u64) -> bool {
+        match self.mode {
+            ReplicationMode::Off => true,
+            ReplicationMode::Sync => self.standby_durable() >= sequence,
+            ReplicationMode::Async { .. } => {
+                self.standby_durable() >= sequence
+                    || (!self.standby_connected() && self.allows(u64::MAX))
             }
         }
     }

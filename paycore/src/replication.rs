@@ -1,0 +1,757 @@
+//! Hot standby: journal replication between nodes, promotion and fencing (`docs/design.md`
+//! §16).
+//!
+//! - **Primary side** ([`serve_standby`]): a standby's `replica_hello` for a shard opens a
+//!   stream. The primary checks epochs (fencing) and the standby's history (a returning old
+//!   primary's tail may have diverged), answers `replica_welcome`, then sends the shard's
+//!   durable journal records as the journal frames them, and reads `replica_ack`s into the
+//!   shard's replication gate (which releases sync replies).
+//! - **Standby side** ([`follow`]): one task per shard connects to the primary, says hello
+//!   from its own last record, hands received records to its shard writer (journal, then
+//!   apply: the standby is hot) and acknowledges its durable sequence. It reconnects with
+//!   backoff when the link drops.
+//! - **Before a standby starts** ([`rejoin`]): the same hello, once per shard; a
+//!   `replica_diverged` answer cuts the local tail after the named sequence (backed up, and
+//!   reported) — that is how an old primary rejoins.
+//! - **Promotion** ([`promote`]): stop following, let every shard apply what it received,
+//!   start a new epoch (persisted first), take writes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paycore_journal::format::{Parsed, parse_record, record_bytes, write_record};
+use paycore_journal::{JournalReader, MmapStorage};
+use paycore_protocol::{
+    EpochStart, ErrorCode, FRAME_BYTES_MAX, Frame, REPLICA_RECORDS_BYTES_MAX, decode, encode,
+};
+use paycore_sequencer::{ReplicationMode, Sequencer};
+use serde_json::json;
+
+use crate::node_state::{NodeState, Role};
+
+/// Records per `replica_records` frame (fewer when they would pass the byte limit).
+const RECORDS_PER_FRAME_MAX: usize = 8192;
+/// Longest a sender waits for a commit before looking at the journal again.
+const SENDER_IDLE_MS: u64 = 20;
+/// Longest wait for a standby's shard writer to take and journal a frame of records.
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reconnection backoff of a standby, doubling from the first to the last.
+const RECONNECT_BACKOFF_MS: (u64, u64) = (50, 2_000);
+
+/// One shard as its standby follower sees it.
+#[derive(Debug, Default)]
+pub struct Follow {
+    /// The primary's durable sequence, as last reported.
+    pub primary_durable: AtomicU64,
+    /// Epoch of the last record this node holds.
+    pub last_epoch: AtomicU64,
+    pub connected: AtomicBool,
+    /// When a record was last received (ms since the Unix epoch; 0: never).
+    pub last_received_ms: AtomicU64,
+}
+
+/// The node's replication role, shared by its connection tasks.
+#[derive(Debug)]
+pub struct NodeRole {
+    pub data_dir: PathBuf,
+    pub durability: String,
+    pub state: Mutex<NodeState>,
+    /// The primary's replication mode as its welcome said (0 off, 1 async, 2 sync).
+    pub primary_mode: AtomicU8,
+    pub standby_of: Option<SocketAddr>,
+    /// Per shard, for a standby.
+    pub follows: Vec<Follow>,
+    /// Per shard: woken by the shard writer after each group commit (senders wait on it).
+    pub commits: Vec<Arc<tokio::sync::Notify>>,
+    /// Set by a promotion: followers stop taking records.
+    pub stop_following: AtomicBool,
+    /// Follower tasks (aborted by a promotion).
+    pub followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl NodeRole {
+    pub fn new(
+        data_dir: PathBuf,
+        durability: String,
+        state: NodeState,
+        standby_of: Option<SocketAddr>,
+        shards: u16,
+    ) -> NodeRole {
+        NodeRole {
+            data_dir,
+            durability,
+            state: Mutex::new(state),
+            primary_mode: AtomicU8::new(0),
+            standby_of,
+            follows: (0..shards).map(|_| Follow::default()).collect(),
+            commits: (0..shards)
+                .map(|_| Arc::new(tokio::sync::Notify::new()))
+                .collect(),
+            stop_following: AtomicBool::new(false),
+            followers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lets each shard writer wake this node's replication senders after a commit.
+    pub fn hook_commits(&self, sequencer: &Sequencer) {
+        for (shard, notify) in self.commits.iter().enumerate() {
+            let notify = notify.clone();
+            sequencer
+                .gate(shard as u16)
+                .set_commit_hook(Arc::new(move || notify.notify_waiters()));
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mode_byte(mode: ReplicationMode) -> u8 {
+    match mode {
+        ReplicationMode::Off => 0,
+        ReplicationMode::Async { .. } => 1,
+        ReplicationMode::Sync => 2,
+    }
+}
+
+/// Writes one frame; false when the peer has gone.
+async fn send_frame(send: &mut quinn::SendStream, request_id: u64, frame: &Frame) -> bool {
+    let mut bytes = Vec::new();
+    if encode(frame, request_id, &mut bytes).is_err() {
+        return false;
+    }
+    send.write_all(&bytes).await.is_ok()
+}
+
+/// Reads one whole frame (`Ok(None)` at the end of the stream).
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u64, Frame)>, String> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    }
+    let frame_bytes = 4 + u32::from_le_bytes(prefix) as usize;
+    if frame_bytes > FRAME_BYTES_MAX {
+        return Err(format!("frame of {frame_bytes} bytes"));
+    }
+    let mut bytes = vec![0u8; frame_bytes];
+    bytes[..4].copy_from_slice(&prefix);
+    recv.read_exact(&mut bytes[4..])
+        .await
+        .map_err(|e| e.to_string())?;
+    decode(&bytes).map(Some).map_err(|e| e.to_string())
+}
+
+/// What a primary answers a hello with, before streaming.
+enum Verdict {
+    Welcome(Vec<EpochStart>),
+    Diverged { keep_through: u64 },
+    Refuse(ErrorCode, String),
+}
+
+fn judge(
+    role: &NodeRole,
+    sequencer: &Sequencer,
+    shard: u16,
+    from_sequence: u64,
+    last_epoch: u64,
+    epoch: u64,
+) -> Verdict {
+    let state = role.state();
+    if state.role != Role::Primary || !sequencer.is_primary() {
+        return Verdict::Refuse(ErrorCode::NOT_PRIMARY, "this node is a standby".into());
+    }
+    if shard >= sequencer.shard_count() {
+        return Verdict::Refuse(
+            ErrorCode::SHARD_UNAVAILABLE,
+            format!("no shard {shard} here"),
+        );
+    }
+    if epoch > state.epoch || last_epoch > state.epoch {
+        tracing::error!(
+            shard,
+            standby_epoch = epoch,
+            own_epoch = state.epoch,
+            "a standby knows a newer epoch: this primary has been replaced (fenced)"
+        );
+        return Verdict::Refuse(
+            ErrorCode::STALE_EPOCH,
+            format!(
+                "this primary is at epoch {} but the standby knows epoch {}: a newer primary exists",
+                state.epoch,
+                epoch.max(last_epoch)
+            ),
+        );
+    }
+    let held = from_sequence.saturating_sub(1);
+    let own_last = sequencer.durable_watermark(shard).load(Ordering::Acquire);
+    if held > 0 && last_epoch > 0 {
+        if let Some(end) = state.end_of_epoch(shard, last_epoch)
+            && held > end
+        {
+            return Verdict::Diverged { keep_through: end };
+        }
+        if held > own_last {
+            return Verdict::Refuse(
+                ErrorCode::REFUSED,
+                format!(
+                    "shard {shard}: the standby holds records up to {held} of epoch {last_epoch}, this primary only up to {own_last}; refusing to guess which is right"
+                ),
+            );
+        }
+    }
+    Verdict::Welcome(state.history[usize::from(shard)].clone())
+}
+
+/// Primary: serves one shard's replication stream until the standby goes away.
+pub async fn serve_standby(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    request_id: u64,
+    hello: (u16, u64, u64, u64),
+    sequencer: Arc<Sequencer>,
+    role: Arc<NodeRole>,
+) -> Option<ErrorCode> {
+    let (shard, from_sequence, last_epoch, epoch) = hello;
+    let history = match judge(&role, &sequencer, shard, from_sequence, last_epoch, epoch) {
+        Verdict::Welcome(history) => history,
+        Verdict::Diverged { keep_through } => {
+            let state = role.state();
+            tracing::warn!(
+                shard,
+                keep_through,
+                "a returning standby holds records the history does not: told to cut them"
+            );
+            let frame = Frame::ReplicaDiverged {
+                shard,
+                epoch: state.epoch,
+                keep_through,
+            };
+            send_frame(&mut send, request_id, &frame).await;
+            let _ = send.finish();
+            return None;
+        }
+        Verdict::Refuse(code, message) => {
+            send_frame(&mut send, request_id, &Frame::error(code, message)).await;
+            let _ = send.finish();
+            return Some(code);
+        }
+    };
+    let gate = sequencer.gate(shard).clone();
+    let welcome = Frame::ReplicaWelcome {
+        shard,
+        epoch: role.state().epoch,
+        mode: mode_byte(gate.mode()),
+        history,
+    };
+    if !send_frame(&mut send, request_id, &welcome).await {
+        return None;
+    }
+    let storage = match MmapStorage::open_dir(sequencer.journal_dir(shard)) {
+        Ok(storage) => storage,
+        Err(error) => {
+            let frame = Frame::error(ErrorCode::INTERNAL, error.to_string());
+            send_frame(&mut send, request_id, &frame).await;
+            return Some(ErrorCode::INTERNAL);
+        }
+    };
+    let watermark = sequencer.durable_watermark(shard).clone();
+    let mut reader = JournalReader::new(storage, from_sequence, Some(watermark.clone()));
+    gate.acknowledge(from_sequence.saturating_sub(1));
+    gate.set_connected(true);
+    tracing::info!(shard, from_sequence, "standby connected");
+    let acks = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            while let Ok(Some((_, frame))) = read_frame(&mut recv).await {
+                if let Frame::ReplicaAck {
+                    durable_sequence, ..
+                } = frame
+                {
+                    gate.acknowledge(durable_sequence);
+                }
+            }
+        })
+    };
+    let commits = role.commits[usize::from(shard)].clone();
+    let mut bytes = Vec::new();
+    let mut first = true;
+    loop {
+        if acks.is_finished() {
+            break;
+        }
+        let notified = commits.notified();
+        bytes.clear();
+        let durable = watermark.load(Ordering::Acquire);
+        let mut expected_first = None;
+        let read = reader.read(RECORDS_PER_FRAME_MAX, |record| {
+            expected_first.get_or_insert(record.sequence);
+            let at = bytes.len();
+            bytes.resize(at + record_bytes(record.payload.len()), 0);
+            write_record(
+                &mut bytes[at..],
+                record.sequence,
+                record.epoch,
+                record.timestamp_ns,
+                record.payload,
+            );
+        });
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                let frame = Frame::error(ErrorCode::INTERNAL, error.to_string());
+                send_frame(&mut send, request_id, &frame).await;
+                break;
+            }
+        };
+        if first && read > 0 && expected_first != Some(from_sequence.max(1)) {
+            // Older segments were archived: this standby needs a snapshot first.
+            let frame = Frame::error(
+                ErrorCode::POSITION_UNAVAILABLE,
+                format!(
+                    "shard {shard}: records from {from_sequence} are archived here (the journal starts at {}); seed the standby from a copy of the primary's data folder",
+                    expected_first.unwrap_or(0)
+                ),
+            );
+            send_frame(&mut send, request_id, &frame).await;
+            break;
+        }
+        if read > 0 {
+            first = false;
+            debug_assert!(bytes.len() <= REPLICA_RECORDS_BYTES_MAX);
+            let frame = Frame::ReplicaRecords {
+                shard,
+                primary_durable: durable.max(reader.next_sequence() - 1),
+                records: std::mem::take(&mut bytes),
+            };
+            if !send_frame(&mut send, request_id, &frame).await {
+                break;
+            }
+            continue;
+        }
+        // Nothing new: wait for the next commit (bounded, so a lost wake-up costs little).
+        let _ = tokio::time::timeout(Duration::from_millis(SENDER_IDLE_MS), notified).await;
+    }
+    acks.abort();
+    gate.set_connected(false);
+    tracing::warn!(shard, "standby disconnected");
+    None
+}
+
+/// Trust for connecting to the primary.
+#[derive(Debug, Clone)]
+pub struct PrimaryLink {
+    pub server: SocketAddr,
+    pub trust_der_path: PathBuf,
+    pub trust_sha256: Option<[u8; 32]>,
+}
+
+async fn connect(link: &PrimaryLink) -> Result<paycore_client::Client, String> {
+    let mut config = paycore_client::ClientConfig::new(link.server, link.trust_der_path.clone());
+    config.trust_sha256 = link.trust_sha256;
+    config.request_timeout_ms = 5_000;
+    paycore_client::Client::connect(config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Sends a hello for `shard` and reads the primary's first answer.
+async fn hello(
+    client: &paycore_client::Client,
+    shard: u16,
+    from_sequence: u64,
+    last_epoch: u64,
+    epoch: u64,
+) -> Result<(quinn::SendStream, quinn::RecvStream, Frame), String> {
+    let (mut send, mut recv) = client
+        .connection()
+        .open_bi()
+        .await
+        .map_err(|e| e.to_string())?;
+    let frame = Frame::ReplicaHello {
+        shard,
+        from_sequence,
+        last_epoch,
+        epoch,
+    };
+    if !send_frame(&mut send, 1, &frame).await {
+        return Err("the primary closed the stream".into());
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+        .await
+        .map_err(|_| "the primary did not answer the hello within 10 s".to_string())??
+        .ok_or("the primary closed the stream")?;
+    Ok((send, recv, answer.1))
+}
+
+/// What [`rejoin`] cut on one shard.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub shard: u16,
+    pub tail: paycore_journal::DivergentTail,
+    pub snapshots_removed: Vec<PathBuf>,
+}
+
+/// Before a standby's shards open: asks the primary whether each shard's journal is part of
+/// its history, and cuts (backed up) what is not. Returns what was cut, or `None` when the
+/// primary cannot be reached (the standby starts anyway — it may be about to be promoted —
+/// and its followers ask again when they connect).
+pub async fn rejoin(
+    link: &PrimaryLink,
+    data_dir: &std::path::Path,
+    shards: u16,
+    state: &mut NodeState,
+) -> Result<Option<Vec<Cut>>, String> {
+    let client = match connect(link).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(primary = %link.server, %error, "primary unreachable; starting as a standby without checking its history");
+            return Ok(None);
+        }
+    };
+    let mut cuts = Vec::new();
+    for shard in 0..shards {
+        let paths = paycore_snapshot::ShardPaths::new(data_dir, shard);
+        let storage = MmapStorage::open_dir(&paths.journal)
+            .map_err(|e| format!("{}: {e}", paths.journal.display()))?;
+        let last = paycore_journal::last_record(&storage, shard).map_err(|e| e.to_string())?;
+        let (last_sequence, last_epoch) = last.unwrap_or((0, 0));
+        let (mut send, _recv, answer) =
+            hello(&client, shard, last_sequence + 1, last_epoch, state.epoch).await?;
+        let _ = send.finish();
+        match answer {
+            Frame::ReplicaWelcome { epoch, history, .. } => {
+                state.epoch = state.epoch.max(epoch);
+                state.history[usize::from(shard)] = history;
+            }
+            Frame::ReplicaDiverged {
+                epoch,
+                keep_through,
+                ..
+            } => {
+                let mut storage = storage;
+                let tail = paycore_journal::truncate_after(&mut storage, shard, keep_through)
+                    .map_err(|e| e.to_string())?;
+                let mut snapshots_removed = Vec::new();
+                for (sequence, path) in
+                    paycore_snapshot::list_snapshots(&paths.snapshots).map_err(|e| e.to_string())?
+                {
+                    if sequence > keep_through {
+                        std::fs::remove_file(&path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        snapshots_removed.push(path);
+                    }
+                }
+                state.epoch = state.epoch.max(epoch);
+                if let Some(tail) = tail {
+                    cuts.push(Cut {
+                        shard,
+                        tail,
+                        snapshots_removed,
+                    });
+                }
+            }
+            Frame::Error { code, message } => {
+                return Err(format!(
+                    "the primary refused shard {shard}: {code}: {message}"
+                ));
+            }
+            other => return Err(format!("unexpected answer to a hello: {:?}", other.kind())),
+        }
+    }
+    client.close();
+    Ok(Some(cuts))
+}
+
+/// Standby: follows every shard of the primary until promoted (reconnecting with backoff).
+pub fn follow(link: PrimaryLink, sequencer: Arc<Sequencer>, role: Arc<NodeRole>) {
+    let mut handles = Vec::new();
+    for shard in 0..sequencer.shard_count() {
+        let (link, sequencer, role_for_task) = (link.clone(), sequencer.clone(), role.clone());
+        handles.push(tokio::spawn(async move {
+            let mut backoff_ms = RECONNECT_BACKOFF_MS.0;
+            while !role_for_task.stop_following.load(Ordering::Acquire) {
+                let started = Instant::now();
+                match follow_shard(&link, &sequencer, &role_for_task, shard).await {
+                    Ok(()) => {}
+                    Err(error) => tracing::warn!(shard, %error, "replication link down"),
+                }
+                role_for_task.follows[usize::from(shard)]
+                    .connected
+                    .store(false, Ordering::Release);
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff_ms = RECONNECT_BACKOFF_MS.0;
+                }
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS.1);
+            }
+        }));
+    }
+    role.followers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(handles);
+}
+
+async fn follow_shard(
+    link: &PrimaryLink,
+    sequencer: &Arc<Sequencer>,
+    role: &Arc<NodeRole>,
+    shard: u16,
+) -> Result<(), String> {
+    let client = connect(link).await?;
+    let follow = &role.follows[usize::from(shard)];
+    let from = sequencer.stats(shard).last_sequence.load(Ordering::Acquire) + 1;
+    let epoch = role.state().epoch;
+    let (mut send, mut recv, answer) = hello(
+        &client,
+        shard,
+        from,
+        follow.last_epoch.load(Ordering::Acquire),
+        epoch,
+    )
+    .await?;
+    match answer {
+        Frame::ReplicaWelcome {
+            epoch,
+            mode,
+            history,
+            ..
+        } => {
+            role.primary_mode.store(mode, Ordering::Release);
+            let mut state = role.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.epoch != epoch.max(state.epoch) || state.history[usize::from(shard)] != history
+            {
+                state.epoch = state.epoch.max(epoch);
+                state.history[usize::from(shard)] = history;
+                state.save(&role.data_dir)?;
+            }
+        }
+        Frame::ReplicaDiverged { keep_through, .. } => {
+            return Err(format!(
+                "this standby's shard {shard} holds records after {keep_through} that its primary does not: restart the node to cut them (backed up) and rejoin"
+            ));
+        }
+        Frame::Error { code, message } => return Err(format!("{code}: {message}")),
+        other => return Err(format!("unexpected answer to a hello: {:?}", other.kind())),
+    }
+    follow.connected.store(true, Ordering::Release);
+    tracing::info!(shard, from, "following the primary");
+    loop {
+        let Some((_, frame)) = read_frame(&mut recv).await? else {
+            return Err("the primary ended the stream".into());
+        };
+        if role.stop_following.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match frame {
+            Frame::ReplicaRecords {
+                primary_durable,
+                records,
+                ..
+            } => {
+                follow
+                    .primary_durable
+                    .fetch_max(primary_durable, Ordering::AcqRel);
+                let last_epoch = last_epoch_of(&records)?;
+                let receiver = sequencer.replicate(shard, records, REPLICATE_TIMEOUT);
+                let durable =
+                    tokio::task::spawn_blocking(move || receiver.recv_timeout(REPLICATE_TIMEOUT))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|_| format!("shard {shard} did not take the records in time"))??;
+                if let Some(epoch) = last_epoch {
+                    follow.last_epoch.store(epoch, Ordering::Release);
+                }
+                follow.last_received_ms.store(now_ms(), Ordering::Release);
+                let ack = Frame::ReplicaAck {
+                    shard,
+                    durable_sequence: durable,
+                };
+                if !send_frame(&mut send, 1, &ack).await {
+                    return Err("the primary stopped reading acks".into());
+                }
+            }
+            Frame::Error { code, message } => return Err(format!("{code}: {message}")),
+            other => {
+                return Err(format!(
+                    "unexpected frame on replication: {:?}",
+                    other.kind()
+                ));
+            }
+        }
+    }
+}
+
+/// The epoch of the last record in a received chunk (checksums are verified again by the
+/// shard writer before anything is journaled).
+fn last_epoch_of(records: &[u8]) -> Result<Option<u64>, String> {
+    let mut offset = 0;
+    let mut last = None;
+    while offset < records.len() {
+        match parse_record(&records[offset..]) {
+            Parsed::Record(record) => {
+                last = Some(record.epoch);
+                offset += record.bytes;
+            }
+            _ => return Err(format!("received records invalid at offset {offset}")),
+        }
+    }
+    Ok(last)
+}
+
+/// Operator: makes this standby the primary of a new epoch.
+pub async fn promote(
+    sequencer: &Arc<Sequencer>,
+    role: &Arc<NodeRole>,
+    force: bool,
+) -> Result<String, String> {
+    let started = Instant::now();
+    if sequencer.is_primary() {
+        return Err(format!(
+            "this node is already the primary (epoch {})",
+            role.state().epoch
+        ));
+    }
+    let shards = sequencer.shard_count();
+    let behind: Vec<(u16, u64, u64)> = (0..shards)
+        .filter_map(|shard| {
+            let have = sequencer.stats(shard).last_sequence.load(Ordering::Acquire);
+            let primary = role.follows[usize::from(shard)]
+                .primary_durable
+                .load(Ordering::Acquire);
+            (primary > have).then_some((shard, have, primary))
+        })
+        .collect();
+    let primary_mode = role.primary_mode.load(Ordering::Acquire);
+    if !behind.is_empty() && primary_mode != 2 && !force {
+        let detail: Vec<String> = behind
+            .iter()
+            .map(|(s, have, primary)| format!("shard {s} has {have}, its primary had {primary}"))
+            .collect();
+        return Err(format!(
+            "refusing to promote a standby that is behind an async primary ({}): the difference may include acknowledged commands. Wait for it to catch up, or pass --force to accept the loss",
+            detail.join("; ")
+        ));
+    }
+    // Stop taking records, then let every shard apply what it already received (a query
+    // through each ring runs after the records queued before it).
+    role.stop_following.store(true, Ordering::Release);
+    for handle in role
+        .followers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+    {
+        handle.abort();
+    }
+    let mut last = Vec::with_capacity(usize::from(shards));
+    for shard in 0..shards {
+        let sequencer = sequencer.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            sequencer.query(shard, Duration::from_secs(30), |engine| {
+                engine.last_sequence()
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or(format!("shard {shard} did not answer"))?;
+        last.push(applied);
+    }
+    let epoch = {
+        let mut state = role.state.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = state.epoch + 1;
+        state.role = Role::Primary;
+        state.epoch = epoch;
+        for (shard, applied) in last.iter().enumerate() {
+            state.history[shard].push(EpochStart {
+                epoch,
+                first_sequence: applied + 1,
+            });
+        }
+        state.save(&role.data_dir)?;
+        epoch
+    };
+    let promoting = sequencer.clone();
+    tokio::task::spawn_blocking(move || promoting.promote(epoch, Duration::from_secs(30)))
+        .await
+        .map_err(|e| e.to_string())??;
+    let lost_unacknowledged: u64 = behind.iter().map(|(_, have, primary)| primary - have).sum();
+    tracing::warn!(epoch, ?last, "promoted: this node is now the primary");
+    Ok(json!({
+        "promoted": true,
+        "epoch": epoch,
+        "last_sequences": last,
+        "records_behind_old_primary": lost_unacknowledged,
+        "old_primary_mode": match primary_mode { 2 => "sync", 1 => "async", _ => "off" },
+        "took_ms": started.elapsed().as_millis() as u64,
+    })
+    .to_string())
+}
+
+/// Operator: the node's role, epoch, shards and replication, as JSON.
+pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
+    let state = role.state();
+    let shards: Vec<serde_json::Value> = (0..sequencer.shard_count())
+        .map(|shard| {
+            let stats = sequencer.stats(shard);
+            let gate = sequencer.gate(shard);
+            let last = stats.last_sequence.load(Ordering::Acquire);
+            let follow = &role.follows[usize::from(shard)];
+            let mut entry = json!({
+                "shard": shard,
+                "last_sequence": last,
+                "durable_sequence": stats.durable_sequence.load(Ordering::Acquire),
+                "released_sequence": gate.released(),
+            });
+            if state.role == Role::Primary {
+                entry["standby_connected"] = json!(gate.standby_connected());
+                entry["standby_durable_sequence"] = json!(gate.standby_durable());
+                entry["standby_lag_records"] = json!(last.saturating_sub(gate.standby_durable()));
+            } else {
+                let primary = follow.primary_durable.load(Ordering::Acquire);
+                let received = follow.last_received_ms.load(Ordering::Acquire);
+                entry["primary_connected"] = json!(follow.connected.load(Ordering::Acquire));
+                entry["primary_durable_sequence"] = json!(primary);
+                entry["lag_records"] = json!(primary.saturating_sub(last));
+                entry["ms_since_last_record"] = json!(if received == 0 {
+                    None
+                } else {
+                    Some(now_ms().saturating_sub(received))
+                });
+            }
+            entry
+        })
+        .collect();
+    let mode = sequencer.gate(0).mode();
+    let mut status = json!({
+        "role": state.role.name(),
+        "epoch": state.epoch,
+        "durability": role.durability,
+        "replication": mode.name(),
+        "shards": shards,
+    });
+    if let ReplicationMode::Async {
+        max_lag_records,
+        alone_after_ms,
+    } = mode
+    {
+        status["replication_max_lag_records"] = json!(max_lag_records);
+        status["replication_alone_after_ms"] = json!(alone_after_ms);
+    }
+    if let Some(primary) = role.standby_of {
+        status["standby_of"] = json!(primary.to_string());
+    }
+    status.to_string()
+}

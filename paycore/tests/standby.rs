@@ -1,0 +1,616 @@
+//! Hot standby with real processes on loopback: a primary and a standby `paycore node`, a
+//! client under load, SIGKILL of the primary, `paycore promote`, and the old primary
+//! rejoining as a standby. Also a standby paused with SIGSTOP and one restarted mid-stream.
+//!
+//! Checks: every transfer the client saw acknowledged is on the new primary (sync); retries
+//! of in-flight commands with the same keys apply at most once (each wallet's balance equals
+//! its funding plus the applied transfers, counted once); money is conserved; the old primary
+//! cuts its divergent tail and catches up. Async: the loss is measured and bounded by the lag
+//! setting. Every loop is bounded in count and time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use paycore_client::{Client, ClientConfig};
+use paycore_engine::{
+    Applied, Command, CurrencyCode, IdempotencyKey, Op, Outcome, UserId, WalletId,
+};
+use paycore_protocol::{AdminCommand, CommandResult, Query, QueryResult};
+use serde_json::Value;
+
+const WALLETS: u64 = 40;
+const FUNDS: u128 = 1_000_000;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn root(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("paycore-standby-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("root");
+    dir
+}
+
+/// A `paycore node` child and the address it listens on.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+    /// Kept open so the node can go on printing.
+    _lines: mpsc::Receiver<String>,
+    /// What it printed up to its start line (a rejoin's report of what it cut).
+    startup: Vec<String>,
+}
+
+impl NodeProcess {
+    fn start(dir: &Path, extra: &[String]) -> NodeProcess {
+        let mut child = Process::new(env!("CARGO_BIN_EXE_paycore"))
+            .arg("node")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.with_extension("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("start paycore node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let mut startup = Vec::new();
+        loop {
+            let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr =
+                        std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
+                    panic!("node in {} did not start: {stderr}", dir.display());
+                }
+            };
+            startup.push(line.clone());
+            if let Some(rest) = line.split("QUIC on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .expect("address in the start line");
+                return NodeProcess {
+                    child,
+                    addr,
+                    dir: dir.to_path_buf(),
+                    _lines: lines,
+                    startup,
+                };
+            }
+        }
+    }
+
+    fn trust(&self) -> PathBuf {
+        self.dir.join("tls/cert.der")
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Process::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn standby_args(primary: &NodeProcess, mode: &str) -> Vec<String> {
+    vec![
+        "--standby-of".into(),
+        primary.addr.to_string(),
+        "--primary-trust".into(),
+        primary.trust().display().to_string(),
+        "--replication".into(),
+        mode.into(),
+        "--replication-alone-after-ms".into(),
+        "200".into(),
+    ]
+}
+
+async fn client(node: &NodeProcess, timeout_ms: u64) -> Client {
+    let mut config = ClientConfig::new(node.addr, node.trust());
+    config.request_timeout_ms = timeout_ms;
+    config.retries_max = 2;
+    Client::connect(config).await.expect("connect")
+}
+
+async fn status(node: &NodeProcess) -> Value {
+    let client = client(node, 10_000).await;
+    let json = client.admin(AdminCommand::Status).await.expect("status");
+    client.close();
+    serde_json::from_str(&json).expect("status json")
+}
+
+fn last_sequences(status: &Value) -> Vec<u64> {
+    status["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["last_sequence"].as_u64().expect("last"))
+        .collect()
+}
+
+fn usd() -> CurrencyCode {
+    CurrencyCode::parse("USD").expect("code")
+}
+
+fn command(key: &str, op: Op) -> Command {
+    Command::Client {
+        key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        op,
+    }
+}
+
+async fn set_up(client: &Client) -> Vec<WalletId> {
+    let register = command(
+        "usd",
+        Op::RegisterCurrency {
+            code: usd(),
+            scale: 2,
+        },
+    );
+    client.submit(vec![register]).await.expect("register");
+    let opens = (1..=WALLETS)
+        .map(|u| {
+            command(
+                &format!("open-{u}"),
+                Op::OpenWallet {
+                    user: UserId(u128::from(u)),
+                    currency: usd(),
+                },
+            )
+        })
+        .collect();
+    let wallets: Vec<WalletId> = client
+        .submit(opens)
+        .await
+        .expect("opens")
+        .into_iter()
+        .map(|r| match r {
+            CommandResult::Outcome(Outcome::Ok(Applied::WalletOpened(w))) => w,
+            other => panic!("open: {other:?}"),
+        })
+        .collect();
+    let deposits = wallets
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            command(
+                &format!("fund-{i}"),
+                Op::Deposit {
+                    wallet: *w,
+                    amount: FUNDS,
+                    currency: usd(),
+                },
+            )
+        })
+        .collect();
+    client.submit(deposits).await.expect("deposits");
+    wallets
+}
+
+/// Transfer `n` of the load: deterministic, so it can be regenerated for checks and retries.
+fn transfer(wallets: &[WalletId], n: u64) -> (String, WalletId, WalletId, u128) {
+    let a = wallets[(n * 7 % WALLETS) as usize];
+    let b = wallets[((n * 13 + 5) % WALLETS) as usize];
+    (format!("t-{n}"), a, b, u128::from(1 + n % 97))
+}
+
+fn transfer_command(wallets: &[WalletId], n: u64) -> Command {
+    let (key, from, to, amount) = transfer(wallets, n);
+    command(
+        &key,
+        Op::Transfer {
+            from,
+            to,
+            amount,
+            currency: usd(),
+        },
+    )
+}
+
+/// What the load saw: transfer numbers acknowledged (applied or rejected by the engine), and
+/// every number sent.
+#[derive(Default)]
+struct Load {
+    acknowledged: BTreeSet<u64>,
+    sent: u64,
+}
+
+/// Batches of transfers until `stop_after` or the node stops answering.
+async fn run_load(
+    client: &Client,
+    wallets: &[WalletId],
+    batch: u64,
+    stop_after: Duration,
+    first: u64,
+) -> Load {
+    let mut load = Load::default();
+    let started = Instant::now();
+    let mut next = first;
+    while started.elapsed() < stop_after {
+        let numbers: Vec<u64> = (next..next + batch).collect();
+        next += batch;
+        load.sent = next;
+        let commands = numbers
+            .iter()
+            .map(|n| transfer_command(wallets, *n))
+            .collect();
+        match client.submit(commands).await {
+            Ok(results) => {
+                for (n, result) in numbers.iter().zip(results) {
+                    if matches!(result, CommandResult::Outcome(_)) {
+                        load.acknowledged.insert(*n);
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    load
+}
+
+/// On `node`: which of `numbers` are recorded (by key), and whether they applied.
+async fn recorded(
+    client: &Client,
+    wallets: &[WalletId],
+    numbers: impl Iterator<Item = u64>,
+) -> BTreeMap<u64, bool> {
+    let mut found = BTreeMap::new();
+    for n in numbers {
+        let (key, from, _, _) = transfer(wallets, n);
+        let query = Query::OutcomeByKey {
+            shard: from.shard(),
+            key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        };
+        if let QueryResult::Outcome(Some(outcome)) = client.query(query).await.expect("query") {
+            found.insert(n, outcome.is_ok());
+        }
+    }
+    found
+}
+
+/// Every wallet's balance is its funding plus the applied transfers, each counted once, and
+/// the balances sum to all the funding (money conserved).
+async fn check_balances(client: &Client, wallets: &[WalletId], applied: &BTreeMap<u64, bool>) {
+    let mut expected: BTreeMap<WalletId, i128> =
+        wallets.iter().map(|w| (*w, FUNDS as i128)).collect();
+    for (n, ok) in applied {
+        if *ok {
+            let (_, from, to, amount) = transfer(wallets, *n);
+            *expected.get_mut(&from).expect("wallet") -= amount as i128;
+            *expected.get_mut(&to).expect("wallet") += amount as i128;
+        }
+    }
+    let mut total = 0i128;
+    for wallet in wallets {
+        let found = match client
+            .query(Query::WalletById(*wallet))
+            .await
+            .expect("query")
+        {
+            QueryResult::Wallet(Some(view)) => view.available + view.frozen,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            found, expected[wallet],
+            "wallet {wallet:?}: each transfer applied once"
+        );
+        total += found;
+    }
+    assert_eq!(total, FUNDS as i128 * WALLETS as i128, "money conserved");
+}
+
+/// Waits until `follower`'s shards reach `leader`'s last sequences.
+async fn wait_caught_up(leader: &NodeProcess, follower: &NodeProcess) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (a, b) = (
+            last_sequences(&status(leader).await),
+            last_sequences(&status(follower).await),
+        );
+        if a == b {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby never caught up: {a:?} vs {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn failover(mode: &str, max_lag_records: u64) {
+    let dir = root(mode);
+    let mut primary_args = vec!["--replication".to_string(), mode.to_string()];
+    primary_args.extend([
+        "--replication-max-lag-records".to_string(),
+        max_lag_records.to_string(),
+    ]);
+    let primary = NodeProcess::start(&dir.join("a"), &primary_args);
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
+    let writer = client(&primary, 3_000).await;
+    let wallets = set_up(&writer).await;
+    wait_caught_up(&primary, &standby).await;
+
+    // Load; then the standby stalls (SIGSTOP) while the load goes on, and the plug is pulled
+    // on the primary: it holds records its standby never received.
+    // Sync: the standby is killed (so nothing in flight reaches it later) and restarted
+    // after the primary is gone. Async: the standby is paused with SIGSTOP, so it stays
+    // connected and the lag bound applies.
+    let before = run_load(&writer, &wallets, 64, Duration::from_millis(800), 0).await;
+    let standby_dir = standby.dir.clone();
+    let mut standby = Some(standby);
+    if mode == "sync" {
+        standby.take().expect("standby").kill();
+    } else {
+        standby.as_ref().expect("standby").signal("-STOP");
+    }
+    let stalled_writer = client(&primary, 1_500).await;
+    let during = run_load(
+        &stalled_writer,
+        &wallets,
+        16,
+        Duration::from_millis(700),
+        before.sent,
+    )
+    .await;
+    primary.signal("-KILL");
+    let standby = match standby {
+        Some(standby) => {
+            standby.signal("-CONT");
+            standby
+        }
+        None => NodeProcess::start(&standby_dir, &standby_args(&primary, "async")),
+    };
+    writer.close();
+    stalled_writer.close();
+    primary.kill();
+    let mut load = before;
+    load.acknowledged
+        .extend(during.acknowledged.iter().copied());
+    load.sent = during.sent;
+    assert!(!load.acknowledged.is_empty(), "the load ran");
+    if mode == "sync" {
+        assert!(
+            during.acknowledged.is_empty(),
+            "sync acknowledged without its standby"
+        );
+    }
+
+    // Promote the standby; the first write it acknowledges is timed from the command.
+    let promote_started = Instant::now();
+    let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["promote", "--json", "--server", &standby.addr.to_string()])
+        .args(if mode == "sync" {
+            None
+        } else {
+            Some("--force")
+        })
+        .arg("--trust")
+        .arg(standby.trust())
+        .output()
+        .expect("paycore promote");
+    assert!(
+        output.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let promoted: Value = serde_json::from_slice(&output.stdout).expect("promote json");
+    assert_eq!(promoted["epoch"], 2);
+    let fresh = client(&standby, 10_000).await;
+    let first = fresh
+        .submit(vec![transfer_command(&wallets, 1_000_000)])
+        .await
+        .expect("first write on the new primary");
+    assert!(matches!(first[0], CommandResult::Outcome(_)));
+    let promote_to_write_ms = promote_started.elapsed().as_millis();
+
+    // What the client saw acknowledged is there (sync), or the loss is bounded (async).
+    let found = recorded(&fresh, &wallets, load.acknowledged.iter().copied()).await;
+    let lost: Vec<u64> = load
+        .acknowledged
+        .iter()
+        .filter(|n| !found.contains_key(n))
+        .copied()
+        .collect();
+    eprintln!(
+        "{mode}: {} acknowledged, {} lost at failover, promote-to-first-write {promote_to_write_ms} ms, promote said {promoted}",
+        load.acknowledged.len(),
+        lost.len()
+    );
+    if mode == "sync" {
+        assert!(lost.is_empty(), "acknowledged transfers lost: {lost:?}");
+    } else {
+        // A transfer is one record; the lag bound holds per shard, plus one batch in flight.
+        assert!(
+            lost.len() as u64 <= 2 * (max_lag_records + 16),
+            "async loss {} above the lag bound",
+            lost.len()
+        );
+    }
+
+    // Retry everything that was sent, with the same keys: nothing applies twice.
+    let numbers: Vec<u64> = (0..load.sent).chain([1_000_000]).collect();
+    for chunk in numbers.chunks(500) {
+        let commands = chunk
+            .iter()
+            .map(|n| transfer_command(&wallets, *n))
+            .collect();
+        fresh.submit(commands).await.expect("retries");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // cross-shard legs settle
+    let applied = recorded(&fresh, &wallets, numbers.iter().copied()).await;
+    assert_eq!(
+        applied.len(),
+        numbers.len(),
+        "every retried key is recorded"
+    );
+    check_balances(&fresh, &wallets, &applied).await;
+
+    // The old primary rejoins as a standby of the new one: cuts its tail, catches up.
+    let rejoined = NodeProcess::start(&dir.join("a"), &standby_args(&standby, "async"));
+    eprintln!("{mode}: rejoin said {:?}", rejoined.startup);
+    assert!(
+        rejoined.startup.iter().any(|l| l.contains("cut records")),
+        "the old primary held records the new primary never received: they are cut and reported"
+    );
+    wait_caught_up(&standby, &rejoined).await;
+    let rejoined_status = status(&rejoined).await;
+    assert_eq!(rejoined_status["role"], "standby");
+    assert_eq!(rejoined_status["epoch"], 2);
+    // It serves the same balances as the new primary.
+    let reader = client(&rejoined, 10_000).await;
+    check_balances(&reader, &wallets, &applied).await;
+    reader.close();
+    fresh.close();
+    drop((rejoined, standby));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_failover_loses_nothing_acknowledged_and_the_old_primary_rejoins() {
+    failover("sync", 1_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_failover_loses_at_most_the_lag() {
+    failover("async", 256).await;
+}
+
+/// The link cut (standby paused with SIGSTOP, then resumed), and a standby restarted
+/// mid-stream, in both modes.
+async fn link_cut_and_restart(mode: &str) {
+    let dir = root(&format!("link-{mode}"));
+    let primary_args = vec![
+        "--replication".to_string(),
+        mode.to_string(),
+        "--replication-max-lag-records".to_string(),
+        "100000".to_string(),
+        "--replication-alone-after-ms".to_string(),
+        "200".to_string(),
+    ];
+    let primary = NodeProcess::start(&dir.join("a"), &primary_args);
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
+    let writer = client(&primary, 1_500).await;
+    let wallets = set_up(&writer).await;
+
+    standby.signal("-STOP");
+    let during = run_load(&writer, &wallets, 16, Duration::from_millis(600), 0).await;
+    if mode == "sync" {
+        assert!(
+            during.acknowledged.is_empty(),
+            "a sync primary acknowledged without its standby"
+        );
+    } else {
+        assert!(!during.acknowledged.is_empty(), "an async primary stopped");
+    }
+    standby.signal("-CONT");
+    // The held batch (sync) went through once the standby was back, and new writes flow.
+    let writer = client(&primary, 10_000).await;
+    let after = run_load(&writer, &wallets, 16, Duration::from_millis(300), 100_000).await;
+    assert!(
+        !after.acknowledged.is_empty(),
+        "writes flow after the link is back"
+    );
+    wait_caught_up(&primary, &standby).await;
+
+    // Restarted mid-stream: killed under load, started again, catches up.
+    let loading = {
+        let writer = client(&primary, 10_000).await;
+        let wallets = wallets.clone();
+        tokio::spawn(async move {
+            run_load(&writer, &wallets, 16, Duration::from_millis(800), 200_000).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    standby.kill();
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
+    loading.await.expect("load");
+    wait_caught_up(&primary, &standby).await;
+    let primary_status = status(&primary).await;
+    for shard in primary_status["shards"].as_array().expect("shards") {
+        assert_eq!(shard["standby_lag_records"], 0);
+    }
+    writer.close();
+    drop((standby, primary));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_link_cut_and_standby_restart() {
+    link_cut_and_restart("sync").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_link_cut_and_standby_restart() {
+    link_cut_and_restart("async").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_operator_actions_are_refused() {
+    let dir = root("refusals");
+    let primary = NodeProcess::start(&dir.join("a"), &[]);
+    // Promoting a primary is refused with a reason.
+    let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["promote", "--server", &primary.addr.to_string()])
+        .arg("--trust")
+        .arg(primary.trust())
+        .output()
+        .expect("paycore promote");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already the primary"));
+    // A standby's folder is not started as a primary by accident.
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "off"));
+    drop(standby);
+    let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .arg("node")
+        .arg("--data-dir")
+        .arg(dir.join("b"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+        .output()
+        .expect("paycore node");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("belongs to a standby"));
+    // Human status output names the role.
+    let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["status", "--server", &primary.addr.to_string()])
+        .arg("--trust")
+        .arg(primary.trust())
+        .output()
+        .expect("paycore status");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("primary of epoch 1"));
+    drop(primary);
+    let _ = std::fs::remove_dir_all(&dir);
+}
