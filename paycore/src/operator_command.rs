@@ -93,14 +93,15 @@ pub fn status(args: StatusArgs) -> Result<(), String> {
         );
         if shard.get("standby_connected").is_some() {
             line += &format!(
-                "; standby {} at {} (lag {} records)",
+                "; standby {} at {} (lag {} records, {} ms)",
                 if shard["standby_connected"].as_bool() == Some(true) {
                     "connected"
                 } else {
                     "not connected"
                 },
                 shard["standby_durable_sequence"],
-                shard["standby_lag_records"]
+                shard["standby_lag_records"],
+                shard["standby_lag_ms"]
             );
         } else {
             line += &format!(

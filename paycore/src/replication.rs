@@ -719,6 +719,7 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
                 entry["standby_connected"] = json!(gate.standby_connected());
                 entry["standby_durable_sequence"] = json!(gate.standby_durable());
                 entry["standby_lag_records"] = json!(last.saturating_sub(gate.standby_durable()));
+                entry["standby_lag_ms"] = json!(gate.lag_ms());
             } else {
                 let primary = follow.primary_durable.load(Ordering::Acquire);
                 let received = follow.last_received_ms.load(Ordering::Acquire);

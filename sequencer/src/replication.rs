@@ -58,6 +58,9 @@ pub struct ReplicationGate {
     disconnected_at: Mutex<Option<Instant>>,
     /// Sequence up to which results have been released.
     released: AtomicU64,
+    /// Last sequence committed by the writer, and when the standby last held all of it.
+    committed: AtomicU64,
+    caught_up_at: Mutex<Instant>,
     changed: Condvar,
     lock: Mutex<()>,
     /// Called by the writer after each group commit (wakes the replication stream).
@@ -83,6 +86,8 @@ impl ReplicationGate {
             ever_connected: AtomicBool::new(false),
             disconnected_at: Mutex::new(None),
             released: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            caught_up_at: Mutex::new(Instant::now()),
             changed: Condvar::new(),
             lock: Mutex::new(()),
             commit_hook: OnceLock::new(),
@@ -109,7 +114,23 @@ impl ReplicationGate {
     /// A standby acknowledged `durable` (never moves back).
     pub fn acknowledge(&self, durable: u64) {
         self.standby_durable.fetch_max(durable, Ordering::AcqRel);
+        if durable >= self.committed.load(Ordering::Acquire) {
+            *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
         self.wake();
+    }
+
+    /// How long the standby has lacked committed records: 0 when it holds everything, else
+    /// the time since it last did (ms).
+    pub fn lag_ms(&self) -> u64 {
+        if self.standby_durable() >= self.committed.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.caught_up_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            .as_millis() as u64
     }
 
     /// A replication stream opened (`true`) or closed (`false`); calls pair up.
@@ -137,7 +158,11 @@ impl ReplicationGate {
         let _ = self.commit_hook.set(hook);
     }
 
-    pub(crate) fn committed(&self) {
+    pub(crate) fn committed(&self, last_sequence: u64) {
+        if self.standby_durable() >= self.committed.swap(last_sequence, Ordering::AcqRel) {
+            // Everything before this batch was on the standby: the lag clock starts now.
+            *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
         if let Some(hook) = self.commit_hook.get() {
             hook();
         }

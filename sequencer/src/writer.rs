@@ -494,7 +494,7 @@ impl ShardWriter {
         effects.clear();
         let last = first + commands.len() as u64 - 1;
         release.last_sequence = last;
-        self.gate.committed();
+        self.gate.committed(last);
         self.stats.last_sequence.store(last, Ordering::Release);
         self.stats
             .durable_sequence
