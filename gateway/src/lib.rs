@@ -22,7 +22,11 @@
 //! - rate limits in process (per tier per second, per endpoint per minute), 429 with
 //!   `Retry-After` and `RateLimit-*` headers.
 //!
-//! **Not built**: 2FA (TOTP), WebSocket and SSE streams, a Redis-shared rate limiter, the
+//! - 2FA (RFC 6238 TOTP, secrets sealed with AES-256-GCM under `--totp-key`): enroll,
+//!   confirm, then required at login (`verify-2fa` with the challenge token) and for transfers
+//!   above `--two-factor-above` units;
+//!
+//! **Not built**: WebSocket and SSE streams, a Redis-shared rate limiter, the
 //! OpenAPI document. Their routes do not exist (404).
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
@@ -39,6 +43,7 @@ pub mod metrics;
 pub mod ratelimit;
 mod routes;
 pub mod time;
+pub mod totp;
 pub mod users;
 
 pub use routes::webhooks::sign as sign_webhook;
@@ -127,6 +132,14 @@ pub struct GatewayArgs {
     /// E-mail addresses that get the admin role when they register, comma-separated.
     #[arg(long, env = "PAYCORE_GATEWAY_ADMIN_EMAILS", default_value = "")]
     pub admin_emails: String,
+    /// AES-256-GCM key sealing TOTP secrets at rest, 64 hex digits. Without it 2FA cannot
+    /// be enrolled (its routes answer 503 `two_factor_unconfigured`).
+    #[arg(long, env = "PAYCORE_GATEWAY_TOTP_KEY", hide_env_values = true)]
+    pub totp_key: Option<String>,
+    /// Transfers above this many units of their currency need a 2FA code (header
+    /// `X-2FA-Code`); users without 2FA cannot make them. Applies when --totp-key is set.
+    #[arg(long, env = "PAYCORE_GATEWAY_TWO_FACTOR_ABOVE", default_value = "1000")]
+    pub two_factor_above: String,
     /// `seed` (the seed's limits) or `off` (benchmarks).
     #[arg(long, env = "PAYCORE_GATEWAY_RATE_LIMITS", default_value = "seed")]
     pub rate_limits: String,
@@ -161,6 +174,8 @@ impl GatewayArgs {
                 currencies: "USD:2,EUR:2,GBP:2,JPY:0,BTC:8,ETH:18".into(),
                 admin_emails: String::new(),
                 rate_limits: "seed".into(),
+                totp_key: None,
+                two_factor_above: "1000".into(),
             });
         args.core = core;
         args.trust = trust;
@@ -176,6 +191,9 @@ pub struct AppState {
     pub store: Store,
     pub core: core::Core,
     pub jwt: auth::Jwt,
+    /// Signs the short-lived challenge of a login that still needs its 2FA code.
+    pub challenge_jwt: auth::Jwt,
+    pub totp: Option<totp::SecretBox>,
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
     pub webhook_key: Option<ring::hmac::Key>,
@@ -253,6 +271,9 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
     };
     let metrics = Arc::new(Metrics::default());
     let currencies = parse_currencies(&args.currencies)?;
+    if paycore_engine::amount::parse_amount(&args.two_factor_above, 0).is_err() {
+        return Err("--two-factor-above must be a positive whole number".into());
+    }
     let dummy_hash = auth::hash_password("not a password".into())
         .await
         .map_err(|e| e.to_string())?;
@@ -260,6 +281,12 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
         store,
         core: core::Core::new(client_config(&args), metrics.clone()),
         jwt: auth::Jwt::new(&secret, &args.jwt_audience),
+        challenge_jwt: auth::Jwt::new(&secret, &format!("{}:2fa", args.jwt_audience)),
+        totp: args
+            .totp_key
+            .as_deref()
+            .map(totp::SecretBox::from_hex)
+            .transpose()?,
         metrics,
         limiter: Limiter::new(limits),
         webhook_key: args

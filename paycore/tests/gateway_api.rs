@@ -813,3 +813,131 @@ async fn operations_endpoints_answer() {
     assert!(wallets.header("retry-after").is_some());
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_factor_guards_login_and_large_transfers() {
+    let world = World::start(StoreKind::Sqlite, |args| {
+        args.totp_key = Some("ab".repeat(32));
+        args.two_factor_above = "50".into();
+    })
+    .await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+    };
+    let (lara, _) = world.user("lara@example.com").await;
+    let (mike, _) = world.user("mike@example.com").await;
+    let wallet = world.wallet(&lara, "USD").await;
+    let mike_wallet = world.wallet(&mike, "USD").await;
+    assert_eq!(world.deposit(&wallet, "200.00", "USD").await.status, 200);
+    let big = json!({"from_wallet_id": wallet, "to_wallet_id": mike_wallet, "amount": "60.00", "currency": "USD"});
+    let small = json!({"from_wallet_id": wallet, "to_wallet_id": mike_wallet, "amount": "10.00", "currency": "USD"});
+    let refused = world.send(&lara, "big-0", &big).await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "two_factor_required")
+    );
+
+    let enrolled = world
+        .call("POST", "/api/v1/users/2fa/enroll", Some(&lara), &[], None)
+        .await;
+    assert_eq!(enrolled.status, 200, "{}", enrolled.text());
+    let secret =
+        paycore_gateway::totp::base32_decode(enrolled.json()["secret"].as_str().expect("secret"))
+            .expect("base32");
+    assert!(
+        enrolled.json()["otpauth_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("otpauth://totp/"))
+    );
+    let wrong = world
+        .post(
+            "/api/v1/users/2fa/confirm",
+            Some(&lara),
+            &json!({"code": "000000"}),
+        )
+        .await;
+    // One in a million: the wrong code could be right; then this check says nothing.
+    if paycore_gateway::totp::current(&secret, now()) != "000000" {
+        assert_eq!(
+            (wrong.status, wrong.code().as_str()),
+            (401, "two_factor_code_invalid")
+        );
+    }
+    let code = paycore_gateway::totp::current(&secret, now());
+    let confirmed = world
+        .post(
+            "/api/v1/users/2fa/confirm",
+            Some(&lara),
+            &json!({"code": code}),
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text());
+
+    // Login now stops at the challenge.
+    let login = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "lara@example.com", "password": "correct horse battery"}),
+        )
+        .await
+        .json();
+    assert_eq!(login["two_factor_required"], true);
+    assert!(login["access_token"].is_null());
+    let challenge = login["challenge_token"]
+        .as_str()
+        .expect("challenge")
+        .to_owned();
+    // The challenge is no access token.
+    let misuse = world.get("/api/v1/wallets", Some(&challenge)).await;
+    assert_eq!(misuse.status, 401);
+    let bad = world
+        .post(
+            "/api/v1/users/verify-2fa",
+            None,
+            &json!({"challenge_token": challenge, "code": "12345"}),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.code().as_str()),
+        (401, "two_factor_code_invalid")
+    );
+    let code = paycore_gateway::totp::current(&secret, now());
+    let verified = world
+        .post(
+            "/api/v1/users/verify-2fa",
+            None,
+            &json!({"challenge_token": challenge, "code": code}),
+        )
+        .await;
+    assert_eq!(verified.status, 200, "{}", verified.text());
+    let lara = verified.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // Large transfers need the code; small ones do not.
+    let missing = world.send(&lara, "big-1", &big).await;
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (401, "two_factor_code_required")
+    );
+    let code = paycore_gateway::totp::current(&secret, now());
+    let body = big.to_string();
+    let sent = world
+        .call(
+            "POST",
+            "/api/v1/transactions/send",
+            Some(&lara),
+            &[("idempotency-key", "big-2"), ("x-2fa-code", &code)],
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    assert_eq!(world.send(&lara, "small-1", &small).await.status, 201);
+    assert_eq!(world.balance(&lara, &wallet).await, "130.00");
+    world.stop().await;
+}

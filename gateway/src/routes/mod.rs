@@ -26,6 +26,9 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/users/login", post(users::login))
         .route("/api/v1/users/refresh", post(users::refresh))
         .route("/api/v1/users/logout", post(users::logout))
+        .route("/api/v1/users/verify-2fa", post(users::verify_two_factor))
+        .route("/api/v1/users/2fa/enroll", post(users::enroll_two_factor))
+        .route("/api/v1/users/2fa/confirm", post(users::confirm_two_factor))
         .route(
             "/api/v1/users/profile",
             get(users::get_profile).put(users::put_profile),

@@ -190,8 +190,158 @@ pub async fn login(
             "wrong email or password",
         ));
     };
+    if user.totp_enabled {
+        // Password right; the access token waits for the code (POST /users/verify-2fa).
+        let now = now_secs();
+        let challenge = Claims {
+            sub: user.id.clone(),
+            email: user.email.clone(),
+            role: user.role.as_str().into(),
+            tier: tier_name(user.tier).into(),
+            iat: now,
+            exp: now + CHALLENGE_SECS,
+            jti: auth::random_uuid().to_string(),
+            aud: state.challenge_jwt.audience.clone(),
+        };
+        return Ok(Json(json!({
+            "two_factor_required": true,
+            "challenge_token": state.challenge_jwt.encode(&challenge),
+            "expires_in": CHALLENGE_SECS,
+        })));
+    }
     let family = auth::random_uuid().to_string();
     Ok(Json(issue_tokens(&state, &user, &family).await?))
+}
+
+/// Lifetime of a login's 2FA challenge, in seconds.
+const CHALLENGE_SECS: i64 = 300;
+
+fn sealer(state: &Shared) -> Result<&crate::totp::SecretBox, ApiError> {
+    state.totp.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "two_factor_unconfigured",
+            "2FA needs a configured --totp-key",
+        )
+    })
+}
+
+/// Whether `code` is the user's current TOTP code; false without an enabled secret.
+pub fn check_code(state: &Shared, user: &User, code: &str) -> Result<bool, ApiError> {
+    let Some(sealed) = user.totp_secret.as_deref() else {
+        return Ok(false);
+    };
+    let secret = sealer(state)?
+        .open(sealed)
+        .ok_or_else(|| ApiError::internal("a TOTP secret does not open with the configured key"))?;
+    Ok(crate::totp::verify(&secret, code, now_secs()))
+}
+
+fn code_invalid() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "two_factor_code_invalid",
+        "wrong or expired 2FA code",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyTwoFactor {
+    challenge_token: String,
+    code: String,
+}
+
+pub async fn verify_two_factor(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: VerifyTwoFactor = json(&body)?;
+    let claims = state
+        .challenge_jwt
+        .decode(&request.challenge_token, now_secs())?;
+    // Guessing codes counts against the login limit of the account.
+    state.limiter.check(
+        Scope::Login,
+        &claims.email,
+        paycore_engine::Tier::Unverified,
+    )?;
+    let user = state
+        .store
+        .user_by_id(&claims.sub)
+        .await
+        .map_err(store_error)?
+        .filter(|u| u.totp_enabled)
+        .ok_or_else(|| ApiError::unauthorized("no 2FA login pending for this account"))?;
+    if !check_code(&state, &user, &request.code)? {
+        return Err(code_invalid());
+    }
+    let family = auth::random_uuid().to_string();
+    Ok(Json(issue_tokens(&state, &user, &family).await?))
+}
+
+pub async fn enroll_two_factor(
+    State(state): State<Shared>,
+    user: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    let sealer = sealer(&state)?;
+    let account = current(&state, &user).await?;
+    if account.totp_enabled {
+        return Err(ApiError::conflict(
+            "two_factor_enabled",
+            "2FA is enabled already",
+        ));
+    }
+    let secret = auth::random_bytes::<{ crate::totp::SECRET_BYTES }>();
+    state
+        .store
+        .set_totp(user.id(), Some(&sealer.seal(&secret)), false, now_ms())
+        .await
+        .map_err(store_error)?;
+    let encoded = crate::totp::base32(&secret);
+    Ok(Json(json!({
+        "secret": encoded,
+        "otpauth_url": format!(
+            "otpauth://totp/paycore:{}?secret={encoded}&issuer=paycore&algorithm=SHA1&digits=6&period=30",
+            account.email
+        ),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Code {
+    code: String,
+}
+
+pub async fn confirm_two_factor(
+    State(state): State<Shared>,
+    user: AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let request: Code = json(&body)?;
+    sealer(&state)?;
+    let account = current(&state, &user).await?;
+    if account.totp_enabled {
+        return Err(ApiError::conflict(
+            "two_factor_enabled",
+            "2FA is enabled already",
+        ));
+    }
+    if account.totp_secret.is_none() {
+        return Err(ApiError::conflict(
+            "two_factor_not_enrolled",
+            "enroll first",
+        ));
+    }
+    if !check_code(&state, &account, &request.code)? {
+        return Err(code_invalid());
+    }
+    state
+        .store
+        .set_totp(user.id(), account.totp_secret.as_deref(), true, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "two_factor_enabled": true })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +399,7 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn current(state: &Shared, user: &AuthUser) -> Result<User, ApiError> {
+pub async fn current(state: &Shared, user: &AuthUser) -> Result<User, ApiError> {
     state
         .store
         .user_by_id(user.id())

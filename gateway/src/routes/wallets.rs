@@ -348,6 +348,56 @@ async fn recipient(
     }
 }
 
+/// Above `--two-factor-above` units, a transfer needs the sender's current TOTP code in
+/// `X-2FA-Code` (and a sender without 2FA cannot make it). Off without a TOTP key.
+async fn two_factor_for_amount(
+    state: &Shared,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    amount: u128,
+    scale: u8,
+) -> Result<(), ApiError> {
+    if state.totp.is_none() {
+        return Ok(());
+    }
+    let threshold = parse_amount(&state.args.two_factor_above, 0)
+        .ok()
+        .and_then(|units| units.checked_mul(10u128.pow(u32::from(scale))))
+        .unwrap_or(u128::MAX);
+    if amount <= threshold {
+        return Ok(());
+    }
+    let account = crate::routes::users::current(state, user).await?;
+    if !account.totp_enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "two_factor_required",
+            format!(
+                "transfers above {} need 2FA: enroll it first",
+                state.args.two_factor_above
+            ),
+        ));
+    }
+    let code = headers
+        .get("x-2fa-code")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "two_factor_code_required",
+                "this amount needs the X-2FA-Code header",
+            )
+        })?;
+    if !crate::routes::users::check_code(state, &account, code)? {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "two_factor_code_invalid",
+            "wrong or expired 2FA code",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn send(
     State(state): State<Shared>,
     user: AuthUser,
@@ -359,6 +409,7 @@ pub async fn send(
     let currency = parse_currency(&request.currency)?;
     let from = parse_wallet_id(&request.from_wallet_id)?;
     let owner = user.id().to_owned();
+    let code_headers = headers.clone();
     let (shared, caller) = (state.clone(), owner.clone());
     idempotent(
         &shared,
@@ -376,6 +427,7 @@ pub async fn send(
             }
             let amount = parse_amount(&request.amount, source.scale)
                 .map_err(|e| ApiError::unprocessable("amount_invalid", e.to_string()))?;
+            two_factor_for_amount(&state, &user, &code_headers, amount, source.scale).await?;
             let target = recipient(&state, &request, currency).await?;
             let op = Op::Transfer {
                 from,

@@ -1,15 +1,28 @@
-//! PostgreSQL through `tokio-postgres`: one pipelined connection (statements from many
-//! requests share it), optionally inside its own schema (tests use one schema each).
+//! PostgreSQL through `tokio-postgres`: a few pipelined connections used round-robin (one
+//! connection would serialise every commit behind the previous one's fsync), each with its
+//! prepared statements cached, optionally inside a schema of its own (tests use one each).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio_postgres::types::{ToSql, Type};
 
 use super::sql::{Backend, BoxFuture, Row, StoreError, Val, to_postgres};
 
+/// Connections opened per store.
+pub const CONNECTIONS: usize = 8;
+
+#[derive(Debug)]
+struct Connection {
+    client: tokio_postgres::Client,
+    statements: Mutex<HashMap<String, tokio_postgres::Statement>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Postgres {
-    client: Arc<tokio_postgres::Client>,
+    connections: Arc<Vec<Connection>>,
+    next: Arc<AtomicUsize>,
 }
 
 fn error(e: tokio_postgres::Error) -> StoreError {
@@ -39,36 +52,85 @@ fn boxed(params: &[Val]) -> Vec<Box<dyn ToSql + Sync + Send>> {
         .collect()
 }
 
+async fn open(url: &str, schema: Option<&str>) -> Result<Connection, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "postgres connection ended");
+        }
+    });
+    if let Some(schema) = schema {
+        if !schema
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::Other(format!(
+                "schema name {schema:?} is not plain"
+            )));
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            ))
+            .await
+            .map_err(error)?;
+    }
+    Ok(Connection {
+        client,
+        statements: Mutex::new(HashMap::new()),
+    })
+}
+
 impl Postgres {
     /// Connects; with `schema`, creates it if needed and works inside it.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Postgres, StoreError> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "postgres connection ended");
-            }
-        });
-        if let Some(schema) = schema {
-            if !schema
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(StoreError::Other(format!(
-                    "schema name {schema:?} is not plain"
-                )));
-            }
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-                ))
-                .await
-                .map_err(error)?;
+        Postgres::connect_n(url, schema, CONNECTIONS).await
+    }
+
+    pub async fn connect_n(
+        url: &str,
+        schema: Option<&str>,
+        count: usize,
+    ) -> Result<Postgres, StoreError> {
+        let mut connections = Vec::with_capacity(count);
+        for _ in 0..count.max(1) {
+            connections.push(open(url, schema).await?);
         }
         Ok(Postgres {
-            client: Arc::new(client),
+            connections: Arc::new(connections),
+            next: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    fn connection(&self) -> &Connection {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        &self.connections[i]
+    }
+}
+
+impl Connection {
+    /// The prepared statement of `sql` (`?N` placeholders), prepared once per connection.
+    async fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(statement) = self
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+        {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(&to_postgres(sql))
+            .await
+            .map_err(error)?;
+        self.statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 }
 
@@ -79,13 +141,18 @@ impl Backend for Postgres {
         params: Vec<Val>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let sql = to_postgres(sql);
+            let connection = self.connection();
+            let statement = connection.statement(sql).await?;
             let params = boxed(&params);
             let refs: Vec<&(dyn ToSql + Sync)> = params
                 .iter()
                 .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            self.client.execute(&sql, &refs).await.map_err(error)
+            connection
+                .client
+                .execute(&statement, &refs)
+                .await
+                .map_err(error)
         })
     }
 
@@ -95,13 +162,18 @@ impl Backend for Postgres {
         params: Vec<Val>,
     ) -> BoxFuture<'a, Result<Vec<Row>, StoreError>> {
         Box::pin(async move {
-            let sql = to_postgres(sql);
+            let connection = self.connection();
+            let statement = connection.statement(sql).await?;
             let params = boxed(&params);
             let refs: Vec<&(dyn ToSql + Sync)> = params
                 .iter()
                 .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            let rows = self.client.query(&sql, &refs).await.map_err(error)?;
+            let rows = connection
+                .client
+                .query(&statement, &refs)
+                .await
+                .map_err(error)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let mut values = Vec::with_capacity(row.len());
@@ -128,7 +200,14 @@ impl Backend for Postgres {
     }
 
     fn batch<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.client.batch_execute(sql).await.map_err(error) })
+        // Schema statements run on the first connection (the others see the result).
+        Box::pin(async move {
+            self.connections[0]
+                .client
+                .batch_execute(sql)
+                .await
+                .map_err(error)
+        })
     }
 
     fn name(&self) -> &'static str {
@@ -146,7 +225,7 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
             "schema name {schema:?} is not plain"
         )));
     }
-    let db = Postgres::connect(url, None).await?;
+    let db = Postgres::connect_n(url, None, 1).await?;
     db.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await
 }
