@@ -82,6 +82,9 @@ pub struct NodeArgs {
     /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
     #[arg(long)]
     pub truncate_corruption: bool,
+    /// Size of each journal segment file, MiB (segments a snapshot covers are archived whole).
+    #[arg(long, env = "PAYCORE_JOURNAL_SEGMENT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub journal_segment_mib: u64,
     #[command(flatten)]
     pub replication: ReplicationArgs,
 }
@@ -198,6 +201,7 @@ fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
         every_ms: args.snapshot_every_secs.saturating_mul(1000).max(1),
         keep: 2,
     });
+    config.journal.segment_bytes = args.journal_segment_mib << 20;
     config.recovery = RecoveryOptions {
         truncate_corruption: args.truncate_corruption,
     };
@@ -521,6 +525,10 @@ async fn serve_stream(
                 let hello = (shard, from_sequence, last_epoch, epoch);
                 return crate::replication::serve_standby(send, recv, id, hello, sequencer, role)
                     .await;
+            }
+            Ok((id, Frame::ReplicaSnapshotRequest { shard })) => {
+                drop((bytes, permit));
+                return crate::replication::serve_snapshot(send, id, shard, sequencer, role).await;
             }
             Ok((id, Frame::Admin(command))) => (id, admin(command, &sequencer, &role).await),
             Ok((id, frame)) => (id, answer(frame, &sequencer).await),

@@ -38,6 +38,8 @@ const RECORDS_PER_FRAME_MAX: usize = 8192;
 const SENDER_IDLE_MS: u64 = 20;
 /// Longest wait for a standby's shard writer to take and journal a frame of records.
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames a standby has read and not yet journaled, per shard.
+const FRAMES_WAITING_MAX: usize = 256;
 /// Reconnection backoff of a standby, doubling from the first to the last.
 const RECONNECT_BACKOFF_MS: (u64, u64) = (50, 2_000);
 
@@ -211,7 +213,191 @@ fn judge(
             );
         }
     }
+    let first_available =
+        first_journal_sequence(sequencer.journal_dir(shard)).unwrap_or(own_last + 1);
+    if from_sequence < first_available {
+        return Verdict::Refuse(
+            ErrorCode::POSITION_UNAVAILABLE,
+            format!(
+                "shard {shard}: records from {from_sequence} are archived here (the journal starts at {first_available}); ask for the newest snapshot first"
+            ),
+        );
+    }
     Verdict::Welcome(state.history[usize::from(shard)].clone())
+}
+
+/// First sequence of the oldest live journal segment (`None`: no segment yet).
+fn first_journal_sequence(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            paycore_journal::format::parse_segment_name(&entry.file_name().to_string_lossy())
+        })
+        .min()
+}
+
+/// Bytes of a snapshot sent per `replica_snapshot_chunk`.
+const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Primary: sends the shard's newest snapshot file to a standby that needs it.
+pub async fn serve_snapshot(
+    mut send: quinn::SendStream,
+    request_id: u64,
+    shard: u16,
+    sequencer: Arc<Sequencer>,
+    role: Arc<NodeRole>,
+) -> Option<ErrorCode> {
+    let refuse = |code: ErrorCode, message: String| (code, message);
+    let result: Result<(), (ErrorCode, String)> = async {
+        if !sequencer.is_primary() || shard >= sequencer.shard_count() {
+            return Err(refuse(
+                ErrorCode::NOT_PRIMARY,
+                "this node does not serve snapshots of that shard".into(),
+            ));
+        }
+        let dir = paycore_snapshot::ShardPaths::new(&role.data_dir, shard).snapshots;
+        let newest = paycore_snapshot::list_snapshots(&dir)
+            .map_err(|e| refuse(ErrorCode::INTERNAL, e.to_string()))?
+            .into_iter()
+            .max_by_key(|(sequence, _)| *sequence);
+        let Some((sequence, path)) = newest else {
+            return Err(refuse(
+                ErrorCode::POSITION_UNAVAILABLE,
+                format!("shard {shard} has no snapshot yet"),
+            ));
+        };
+        // Opened once: a snapshot pruned meanwhile stays readable through this handle.
+        let mut file = std::fs::File::open(&path)
+            .map_err(|e| refuse(ErrorCode::INTERNAL, format!("{}: {e}", path.display())))?;
+        let total_bytes = file
+            .metadata()
+            .map_err(|e| refuse(ErrorCode::INTERNAL, e.to_string()))?
+            .len();
+        tracing::info!(
+            shard,
+            sequence,
+            total_bytes,
+            "sending a snapshot to a standby"
+        );
+        let mut offset = 0u64;
+        let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        while offset < total_bytes {
+            let len = (total_bytes - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+            use std::io::Read;
+            file.read_exact(&mut chunk[..len])
+                .map_err(|e| refuse(ErrorCode::INTERNAL, format!("{}: {e}", path.display())))?;
+            let frame = Frame::ReplicaSnapshotChunk {
+                shard,
+                sequence,
+                total_bytes,
+                offset,
+                bytes: chunk[..len].to_vec(),
+            };
+            if !send_frame(&mut send, request_id, &frame).await {
+                return Ok(());
+            }
+            offset += len as u64;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+            None
+        }
+        Err((code, message)) => {
+            send_frame(&mut send, request_id, &Frame::error(code, message)).await;
+            let _ = send.finish();
+            Some(code)
+        }
+    }
+}
+
+/// Standby, before its shards open: fetches the primary's newest snapshot of `shard` into
+/// the shard's snapshot folder (temporary name, fsync, rename, folder fsync) and archives the
+/// local journal segments it supersedes. Returns the snapshot's sequence.
+async fn seed_from_snapshot(
+    client: &paycore_client::Client,
+    paths: &paycore_snapshot::ShardPaths,
+    shard: u16,
+) -> Result<u64, String> {
+    let (mut send, mut recv) = client
+        .connection()
+        .open_bi()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !send_frame(&mut send, 1, &Frame::ReplicaSnapshotRequest { shard }).await {
+        return Err("the primary closed the stream".into());
+    }
+    let _ = send.finish();
+    std::fs::create_dir_all(&paths.snapshots)
+        .map_err(|e| format!("{}: {e}", paths.snapshots.display()))?;
+    let temporary = paths.snapshots.join("seed.snap.tmp");
+    let io = |e: std::io::Error| format!("{}: {e}", temporary.display());
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    let mut expected_offset = 0u64;
+    let sequence = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut recv))
+            .await
+            .map_err(|_| "the primary stopped sending the snapshot".to_string())??;
+        match frame {
+            Some((
+                _,
+                Frame::ReplicaSnapshotChunk {
+                    sequence,
+                    total_bytes,
+                    offset,
+                    bytes,
+                    ..
+                },
+            )) => {
+                if offset != expected_offset || offset + bytes.len() as u64 > total_bytes {
+                    return Err(format!(
+                        "snapshot chunk at {offset} (+{}) of {total_bytes}, {expected_offset} expected",
+                        bytes.len()
+                    ));
+                }
+                use std::io::Write;
+                file.write_all(&bytes).map_err(io)?;
+                expected_offset += bytes.len() as u64;
+                if expected_offset == total_bytes {
+                    break sequence;
+                }
+            }
+            Some((_, Frame::Error { code, message })) => return Err(format!("{code}: {message}")),
+            Some((_, other)) => {
+                return Err(format!(
+                    "unexpected frame for a snapshot: {:?}",
+                    other.kind()
+                ));
+            }
+            None => return Err("the primary ended the snapshot early".into()),
+        }
+    };
+    file.sync_all().map_err(io)?;
+    drop(file);
+    // The local journal ends before the snapshot: its segments move to the archive folder so
+    // that the journal continues at the snapshot's next sequence.
+    let mut storage = MmapStorage::open_dir(&paths.journal)
+        .map_err(|e| format!("{}: {e}", paths.journal.display()))?;
+    use paycore_journal::Storage;
+    for name in storage
+        .list()
+        .map_err(|e| format!("{}: {e}", paths.journal.display()))?
+    {
+        if paycore_journal::format::parse_segment_name(&name).is_some() {
+            storage
+                .archive(&name)
+                .map_err(|e| format!("{}: {e}", storage.path(&name).display()))?;
+        }
+    }
+    let target = paths.snapshots.join(format!("{sequence:020}.snap"));
+    std::fs::rename(&temporary, &target).map_err(io)?;
+    paycore_journal::sync_dir(&paths.snapshots).map_err(io)?;
+    Ok(sequence)
 }
 
 /// Primary: serves one shard's replication stream until the standby goes away.
@@ -423,51 +609,77 @@ pub async fn rejoin(
     let mut cuts = Vec::new();
     for shard in 0..shards {
         let paths = paycore_snapshot::ShardPaths::new(data_dir, shard);
-        let storage = MmapStorage::open_dir(&paths.journal)
-            .map_err(|e| format!("{}: {e}", paths.journal.display()))?;
-        let last = paycore_journal::last_record(&storage, shard).map_err(|e| e.to_string())?;
-        let (last_sequence, last_epoch) = last.unwrap_or((0, 0));
-        let (mut send, _recv, answer) =
-            hello(&client, shard, last_sequence + 1, last_epoch, state.epoch).await?;
-        let _ = send.finish();
-        match answer {
-            Frame::ReplicaWelcome { epoch, history, .. } => {
-                state.epoch = state.epoch.max(epoch);
-                state.history[usize::from(shard)] = history;
-            }
-            Frame::ReplicaDiverged {
-                epoch,
-                keep_through,
-                ..
-            } => {
-                let mut storage = storage;
-                let tail = paycore_journal::truncate_after(&mut storage, shard, keep_through)
-                    .map_err(|e| e.to_string())?;
-                let mut snapshots_removed = Vec::new();
-                for (sequence, path) in
-                    paycore_snapshot::list_snapshots(&paths.snapshots).map_err(|e| e.to_string())?
-                {
-                    if sequence > keep_through {
-                        std::fs::remove_file(&path)
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
-                        snapshots_removed.push(path);
+        // Hello, and what it takes: at most a cut and a snapshot before the primary welcomes.
+        for attempt in 0..3 {
+            let storage = MmapStorage::open_dir(&paths.journal)
+                .map_err(|e| format!("{}: {e}", paths.journal.display()))?;
+            let last = paycore_journal::last_record(&storage, shard).map_err(|e| e.to_string())?;
+            let newest_snapshot = paycore_snapshot::list_snapshots(&paths.snapshots)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(sequence, _)| sequence)
+                .max()
+                .unwrap_or(0);
+            let (last_sequence, last_epoch) = match last {
+                Some(last) => last,
+                // Seeded from a snapshot: the journal continues after it.
+                None => (newest_snapshot, 0),
+            };
+            let (mut send, _recv, answer) =
+                hello(&client, shard, last_sequence + 1, last_epoch, state.epoch).await?;
+            let _ = send.finish();
+            match answer {
+                Frame::ReplicaWelcome { epoch, history, .. } => {
+                    state.epoch = state.epoch.max(epoch);
+                    state.history[usize::from(shard)] = history;
+                    break;
+                }
+                Frame::ReplicaDiverged {
+                    epoch,
+                    keep_through,
+                    ..
+                } => {
+                    let mut storage = storage;
+                    let tail = paycore_journal::truncate_after(&mut storage, shard, keep_through)
+                        .map_err(|e| e.to_string())?;
+                    let mut snapshots_removed = Vec::new();
+                    for (sequence, path) in paycore_snapshot::list_snapshots(&paths.snapshots)
+                        .map_err(|e| e.to_string())?
+                    {
+                        if sequence > keep_through {
+                            std::fs::remove_file(&path)
+                                .map_err(|e| format!("{}: {e}", path.display()))?;
+                            snapshots_removed.push(path);
+                        }
+                    }
+                    state.epoch = state.epoch.max(epoch);
+                    if let Some(tail) = tail {
+                        cuts.push(Cut {
+                            shard,
+                            tail,
+                            snapshots_removed,
+                        });
                     }
                 }
-                state.epoch = state.epoch.max(epoch);
-                if let Some(tail) = tail {
-                    cuts.push(Cut {
-                        shard,
-                        tail,
-                        snapshots_removed,
-                    });
+                Frame::Error { code, .. } if code == ErrorCode::POSITION_UNAVAILABLE => {
+                    drop(storage);
+                    let sequence = seed_from_snapshot(&client, &paths, shard).await?;
+                    println!(
+                        "paycore node: shard {shard} seeded from the primary's snapshot at sequence {sequence}"
+                    );
                 }
+                Frame::Error { code, message } => {
+                    return Err(format!(
+                        "the primary refused shard {shard}: {code}: {message}"
+                    ));
+                }
+                other => return Err(format!("unexpected answer to a hello: {:?}", other.kind())),
             }
-            Frame::Error { code, message } => {
+            if attempt == 2 {
                 return Err(format!(
-                    "the primary refused shard {shard}: {code}: {message}"
+                    "shard {shard}: the primary still refuses after a cut and a snapshot"
                 ));
             }
-            other => return Err(format!("unexpected answer to a hello: {:?}", other.kind())),
         }
     }
     client.close();
@@ -548,50 +760,82 @@ async fn follow_shard(
     }
     follow.connected.store(true, Ordering::Release);
     tracing::info!(shard, from, "following the primary");
-    loop {
-        let Some((_, frame)) = read_frame(&mut recv).await? else {
-            return Err("the primary ended the stream".into());
-        };
-        if role.stop_following.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        match frame {
-            Frame::ReplicaRecords {
-                primary_durable,
-                records,
-                ..
-            } => {
-                follow
-                    .primary_durable
-                    .fetch_max(primary_durable, Ordering::AcqRel);
-                let last_epoch = last_epoch_of(&records)?;
-                let receiver = sequencer.replicate(shard, records, REPLICATE_TIMEOUT);
-                let durable =
-                    tokio::task::spawn_blocking(move || receiver.recv_timeout(REPLICATE_TIMEOUT))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|_| format!("shard {shard} did not take the records in time"))??;
-                if let Some(epoch) = last_epoch {
-                    follow.last_epoch.store(epoch, Ordering::Release);
+    // A reader task decodes frames as they arrive; the loop below takes every frame already
+    // waiting and journals them together: one fsync (and one ack) for all of them, so a
+    // standby that fell behind catches up in large group commits.
+    let (frames, mut arrived) = tokio::sync::mpsc::channel::<Frame>(FRAMES_WAITING_MAX);
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut recv).await {
+                Ok(Some((_, frame))) => {
+                    if frames.send(frame).await.is_err() {
+                        return Ok(());
+                    }
                 }
-                follow.last_received_ms.store(now_ms(), Ordering::Release);
-                let ack = Frame::ReplicaAck {
-                    shard,
-                    durable_sequence: durable,
-                };
-                if !send_frame(&mut send, 1, &ack).await {
-                    return Err("the primary stopped reading acks".into());
+                Ok(None) => return Err("the primary ended the stream".to_string()),
+                Err(error) => return Err(error),
+            }
+        }
+    });
+    let result = async {
+        let mut records = Vec::new();
+        loop {
+            let Some(first) = arrived.recv().await else {
+                return Err("the replication stream closed".to_string());
+            };
+            if role.stop_following.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            records.clear();
+            let mut next = Some(first);
+            while let Some(frame) = next.take() {
+                match frame {
+                    Frame::ReplicaRecords {
+                        primary_durable,
+                        records: more,
+                        ..
+                    } => {
+                        follow
+                            .primary_durable
+                            .fetch_max(primary_durable, Ordering::AcqRel);
+                        records.extend_from_slice(&more);
+                    }
+                    Frame::Error { code, message } => return Err(format!("{code}: {message}")),
+                    other => {
+                        return Err(format!(
+                            "unexpected frame on replication: {:?}",
+                            other.kind()
+                        ));
+                    }
+                }
+                if records.len() < REPLICA_RECORDS_BYTES_MAX {
+                    next = arrived.try_recv().ok();
                 }
             }
-            Frame::Error { code, message } => return Err(format!("{code}: {message}")),
-            other => {
-                return Err(format!(
-                    "unexpected frame on replication: {:?}",
-                    other.kind()
-                ));
+            let last_epoch = last_epoch_of(&records)?;
+            let receiver =
+                sequencer.replicate(shard, std::mem::take(&mut records), REPLICATE_TIMEOUT);
+            let durable =
+                tokio::task::spawn_blocking(move || receiver.recv_timeout(REPLICATE_TIMEOUT))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|_| format!("shard {shard} did not take the records in time"))??;
+            if let Some(epoch) = last_epoch {
+                follow.last_epoch.store(epoch, Ordering::Release);
+            }
+            follow.last_received_ms.store(now_ms(), Ordering::Release);
+            let ack = Frame::ReplicaAck {
+                shard,
+                durable_sequence: durable,
+            };
+            if !send_frame(&mut send, 1, &ack).await {
+                return Err("the primary stopped reading acks".to_string());
             }
         }
     }
+    .await;
+    reader.abort();
+    result
 }
 
 /// The epoch of the last record in a received chunk (checksums are verified again by the

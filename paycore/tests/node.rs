@@ -27,6 +27,7 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
         key: None,
         ca: None,
         truncate_corruption: false,
+        journal_segment_mib: 64,
         replication: Default::default(),
     }
 }

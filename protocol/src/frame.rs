@@ -37,10 +37,12 @@ pub enum FrameKind {
     ReplicaDiverged = 12,
     Admin = 13,
     AdminResult = 14,
+    ReplicaSnapshotRequest = 15,
+    ReplicaSnapshotChunk = 16,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 14] = [
+    pub const ALL: [FrameKind; 16] = [
         FrameKind::SubmitBatch,
         FrameKind::BatchResult,
         FrameKind::Query,
@@ -55,6 +57,8 @@ impl FrameKind {
         FrameKind::ReplicaDiverged,
         FrameKind::Admin,
         FrameKind::AdminResult,
+        FrameKind::ReplicaSnapshotRequest,
+        FrameKind::ReplicaSnapshotChunk,
     ];
 
     pub fn from_u8(value: u8) -> Option<FrameKind> {
@@ -74,6 +78,7 @@ impl FrameKind {
                 | FrameKind::ReplicaHello
                 | FrameKind::ReplicaAck
                 | FrameKind::Admin
+                | FrameKind::ReplicaSnapshotRequest
         )
     }
 
@@ -87,6 +92,7 @@ impl FrameKind {
                 | FrameKind::ReplicaHello
                 | FrameKind::ReplicaAck
                 | FrameKind::Admin
+                | FrameKind::ReplicaSnapshotRequest
         )
     }
 }
@@ -171,6 +177,18 @@ pub enum Frame {
     Admin(AdminCommand),
     /// Node -> operator: a JSON document (status, or what a promotion did).
     AdminResult { json: String },
+    /// Standby -> primary: send the shard's newest snapshot (a new or far-behind standby
+    /// whose next record the primary's journal no longer holds).
+    ReplicaSnapshotRequest { shard: ShardId },
+    /// Primary -> standby: `bytes` at `offset` of the snapshot file taken at `sequence`,
+    /// `total_bytes` long; chunks come in order and the last one ends at `total_bytes`.
+    ReplicaSnapshotChunk {
+        shard: ShardId,
+        sequence: u64,
+        total_bytes: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -190,6 +208,8 @@ impl Frame {
             Frame::ReplicaDiverged { .. } => FrameKind::ReplicaDiverged,
             Frame::Admin(_) => FrameKind::Admin,
             Frame::AdminResult { .. } => FrameKind::AdminResult,
+            Frame::ReplicaSnapshotRequest { .. } => FrameKind::ReplicaSnapshotRequest,
+            Frame::ReplicaSnapshotChunk { .. } => FrameKind::ReplicaSnapshotChunk,
         }
     }
 
@@ -332,6 +352,17 @@ fn encode_inner(
         }
         Frame::Admin(command) => replication::put_admin(out, command),
         Frame::AdminResult { json } => replication::put_admin_result(out, json)?,
+        Frame::ReplicaSnapshotRequest { shard } => {
+            check_shard(*shard)?;
+            put_u16(out, *shard);
+        }
+        Frame::ReplicaSnapshotChunk {
+            shard,
+            sequence,
+            total_bytes,
+            offset,
+            bytes,
+        } => replication::put_snapshot_chunk(out, *shard, *sequence, *total_bytes, *offset, bytes)?,
     }
     let bytes = out.len() - start;
     if bytes > FRAME_BYTES_MAX {
@@ -581,6 +612,21 @@ fn decode_body(frame: &[u8]) -> Result<Frame> {
         FrameKind::AdminResult => Frame::AdminResult {
             json: replication::read_admin_result(&mut r)?,
         },
+        FrameKind::ReplicaSnapshotRequest => Frame::ReplicaSnapshotRequest { shard: r.shard()? },
+        FrameKind::ReplicaSnapshotChunk => {
+            let shard = r.shard()?;
+            let sequence = r.u64()?;
+            let total_bytes = r.u64()?;
+            let offset = r.u64()?;
+            let bytes = replication::read_records(&mut r)?;
+            Frame::ReplicaSnapshotChunk {
+                shard,
+                sequence,
+                total_bytes,
+                offset,
+                bytes,
+            }
+        }
     };
     if r.remaining() != 0 {
         return r.fail(r.offset, ProtocolErrorKind::TrailingBytes);

@@ -174,3 +174,27 @@ pub(crate) fn read_admin_result(r: &mut Reader<'_>) -> Result<String> {
         Err(e) => r.fail(start + e.valid_up_to(), ProtocolErrorKind::MessageUtf8),
     }
 }
+
+pub(crate) fn put_snapshot_chunk(
+    out: &mut Vec<u8>,
+    shard: ShardId,
+    sequence: u64,
+    total_bytes: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> std::result::Result<(), EncodeError> {
+    check_shard(shard)?;
+    crate::view::check_count(
+        "snapshot chunk bytes",
+        bytes.len(),
+        REPLICA_RECORDS_BYTES_MAX,
+    )?;
+    put_u16(out, shard);
+    put_u64(out, sequence);
+    put_u64(out, total_bytes);
+    put_u64(out, offset);
+    // At most REPLICA_RECORDS_BYTES_MAX, checked above.
+    put_u32(out, bytes.len() as u32);
+    out.extend_from_slice(bytes);
+    Ok(())
+}

@@ -613,6 +613,14 @@ fn every_kind_is_covered_and_directions_are_set() {
         },
         Frame::Admin(paycore_protocol::AdminCommand::Promote { force: true }),
         Frame::AdminResult { json: "{}".into() },
+        Frame::ReplicaSnapshotRequest { shard: 3 },
+        Frame::ReplicaSnapshotChunk {
+            shard: 3,
+            sequence: 100,
+            total_bytes: 10,
+            offset: 4,
+            bytes: vec![9; 6],
+        },
     ];
     assert_eq!(frames.len(), FrameKind::ALL.len());
     for (frame, kind) in frames.iter().zip(FrameKind::ALL) {

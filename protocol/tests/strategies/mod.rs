@@ -541,5 +541,15 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
         ]
         .prop_map(Frame::Admin),
         1 => "\\PC{0,60}".prop_map(|json| Frame::AdminResult { json }),
+        1 => (0u16..1024).prop_map(|shard| Frame::ReplicaSnapshotRequest { shard }),
+        1 => (0u16..1024, any::<u64>(), any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..100)).prop_map(
+            |(shard, sequence, total_bytes, offset, bytes)| Frame::ReplicaSnapshotChunk {
+                shard,
+                sequence,
+                total_bytes,
+                offset,
+                bytes,
+            }
+        ),
     ]
 }
