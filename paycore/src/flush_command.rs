@@ -89,3 +89,60 @@ fn flushed(args: &FlushArgs, shard: u16) -> u64 {
         .and_then(|mut s| s.checkpoint(shard))
         .unwrap_or(0)
 }
+
+/// `paycore flush-bench-journal` (hidden): writes a deterministic multi-shard journal of user
+/// wallets (opened and funded) and transfers into a data folder, for the store benchmarks in
+/// BENCHMARKS.md. The node is not involved; the journal is what a node would have written.
+#[derive(Debug, clap::Args)]
+pub struct BenchJournalArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub shards: u16,
+    /// Users; each gets two wallets (USD, EUR), both funded.
+    #[arg(long, default_value_t = 500_000)]
+    pub users: u64,
+    /// Transfer commands after the set-up.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub transfers: u64,
+    /// Every operation kind instead of transfers only.
+    #[arg(long)]
+    pub mixed: bool,
+}
+
+pub fn bench_journal(args: BenchJournalArgs) -> Result<(), String> {
+    use paycore_store::workload::{Journals, Workload, WorkloadConfig};
+    let started = std::time::Instant::now();
+    let mut workload = Workload::new(WorkloadConfig {
+        shards: args.shards,
+        seed: 1,
+        users: args.users,
+        start_ns: 1_767_225_600_000_000_000,
+        step_ns: 10_000,
+        transfers_only: !args.mixed,
+    });
+    let mut journals = Journals::open(&args.data_dir, args.shards, 8192)?;
+    let mut records = Vec::with_capacity(1 << 17);
+    workload.generate(0, &mut records); // the set-up
+    let setup = records.len() as u64;
+    journals.append(&records)?;
+    let mut written = 0u64;
+    while written < args.transfers {
+        records.clear();
+        let chunk = (args.transfers - written).min(1 << 16) as usize;
+        workload.generate(chunk, &mut records);
+        written += records.len() as u64;
+        journals.append(&records)?;
+    }
+    records.clear();
+    workload.drain_legs(&mut records);
+    journals.append(&records)?;
+    journals.commit()?;
+    let wallets: usize = workload.engines.iter().map(|e| e.wallet_count()).sum();
+    println!(
+        "wrote {setup} set-up and {written} transfer records ({wallets} wallets) into {} in {:.1} s",
+        args.data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

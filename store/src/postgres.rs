@@ -116,7 +116,7 @@ impl PgStore {
     pub fn migrate(&mut self) -> Result<(), StoreError> {
         // Two flushers may start together: one creates, the other waits on the lock.
         let sql = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); {} COMMIT;",
+            "BEGIN; SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); {} COMMIT; {STAGING}",
             schema::POSTGRES
         );
         self.batch_execute(&sql)
@@ -264,6 +264,100 @@ fn sql(query: Query, shard: u16) -> String {
     }
 }
 
+/// Rows in COPY's text format: tab-separated, `\\N` for NULL. Every value written here is
+/// digits, a sign, a point, hex, `-`, `:`, space or upper/lower-case ASCII letters and `_`, so
+/// nothing needs escaping except bytea's leading backslash.
+#[derive(Default)]
+struct CopyText {
+    bytes: Vec<u8>,
+    first: bool,
+}
+
+impl CopyText {
+    fn with_capacity(rows: usize) -> Self {
+        CopyText {
+            bytes: Vec::with_capacity(rows * 96),
+            first: true,
+        }
+    }
+
+    fn sep(&mut self) {
+        if !self.first {
+            self.bytes.push(b'\t');
+        }
+        self.first = false;
+    }
+
+    fn text(&mut self, value: &str) -> &mut Self {
+        debug_assert!(
+            !value
+                .bytes()
+                .any(|b| b == b'\t' || b == b'\n' || b == b'\\')
+        );
+        self.sep();
+        self.bytes.extend_from_slice(value.as_bytes());
+        self
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.sep();
+        self.bytes.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    fn opt(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.text(v),
+            None => {
+                self.sep();
+                self.bytes.extend_from_slice(b"\\N");
+                self
+            }
+        }
+    }
+
+    fn bytea(&mut self, value: Option<&[u8]>) -> &mut Self {
+        self.sep();
+        match value {
+            Some(v) => {
+                // bytea hex input `\x..`, its backslash doubled for COPY.
+                self.bytes.extend_from_slice(b"\\\\x");
+                for b in v {
+                    self.bytes.extend_from_slice(format!("{b:02x}").as_bytes());
+                }
+            }
+            None => self.bytes.extend_from_slice(b"\\N"),
+        }
+        self
+    }
+
+    fn end(&mut self) {
+        self.bytes.push(b'\n');
+        self.first = true;
+    }
+}
+
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    text: CopyText,
+) -> Result<(), StoreError> {
+    use futures_util::SinkExt;
+    let sink = tx.copy_in::<_, std::collections::VecDeque<u8>>(sql).await?;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(std::collections::VecDeque::from(text.bytes))
+        .await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+/// Per-connection staging tables for the upserts (COPY cannot upsert).
+const STAGING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS wallets_stage (LIKE wallets) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS idempotency_stage (LIKE transaction_idempotency)
+    ON COMMIT DELETE ROWS;
+";
+
 async fn write(
     client: &mut Client,
     schema: &str,
@@ -313,94 +407,55 @@ async fn write(
         .await?;
     }
     if !rows.wallets.is_empty() {
-        let w = &rows.wallets;
-        let ids: Vec<i64> = w.iter().map(|w| w.id as i64).collect();
-        let shards: Vec<i32> = w.iter().map(|w| i32::from(w.shard)).collect();
-        let users: Vec<String> = w.iter().map(|w| uuid_text(w.user)).collect();
-        let currencies: Vec<&str> = w.iter().map(|w| w.currency.as_str()).collect();
-        let kinds: Vec<&str> = w.iter().map(|w| w.kind).collect();
-        let balances: Vec<String> = w
-            .iter()
-            .map(|w| format_minor(w.balance(), w.scale))
-            .collect();
-        let available: Vec<String> = w
-            .iter()
-            .map(|w| format_minor(w.available, w.scale))
-            .collect();
-        let frozen: Vec<String> = w.iter().map(|w| format_minor(w.frozen, w.scale)).collect();
-        let versions: Vec<i64> = w.iter().map(|w| w.version as i64).collect();
-        let statuses: Vec<&str> = w.iter().map(|w| w.status).collect();
-        let created: Vec<String> = w.iter().map(|w| timestamp_text(w.created_at_ns)).collect();
-        let updated: Vec<String> = w.iter().map(|w| timestamp_text(w.updated_at_ns)).collect();
+        let mut c = CopyText::with_capacity(rows.wallets.len());
+        for w in &rows.wallets {
+            c.int(w.id as i64)
+                .int(i64::from(w.shard))
+                .text(&uuid_text(w.user))
+                .text(w.currency.as_str())
+                .text(w.kind)
+                .text(&format_minor(w.balance(), w.scale))
+                .text(&format_minor(w.available, w.scale))
+                .text(&format_minor(w.frozen, w.scale))
+                .int(w.version as i64)
+                .text(w.status)
+                .text(&timestamp_text(w.created_at_ns))
+                .text(&timestamp_text(w.updated_at_ns))
+                .end();
+        }
+        copy_in(&tx, "COPY wallets_stage FROM STDIN", c).await?;
         tx.execute(
-            "INSERT INTO wallets (id, shard, user_id, currency, kind, balance, available_balance,
-                frozen_balance, version, status, created_at, updated_at)
-             SELECT id, shard, user_id::uuid, currency, kind, balance::numeric,
-                available::numeric, frozen::numeric, version, status, created::timestamp,
-                updated::timestamp
-             FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[], $12::text[])
-                AS u(id, shard, user_id, currency, kind, balance, available, frozen, version,
-                     status, created, updated)
+            "INSERT INTO wallets SELECT * FROM wallets_stage
              ON CONFLICT (id) DO UPDATE SET balance = excluded.balance,
                 available_balance = excluded.available_balance,
                 frozen_balance = excluded.frozen_balance, version = excluded.version,
                 status = excluded.status, updated_at = excluded.updated_at",
-            &[
-                &ids,
-                &shards,
-                &users,
-                &currencies,
-                &kinds,
-                &balances,
-                &available,
-                &frozen,
-                &versions,
-                &statuses,
-                &created,
-                &updated,
-            ],
+            &[],
         )
         .await?;
     }
     if !rows.transactions.is_empty() {
-        let t = &rows.transactions;
-        let ids: Vec<String> = t.iter().map(|t| uuid_text(t.id)).collect();
-        let shards: Vec<i32> = t.iter().map(|t| i32::from(t.shard)).collect();
-        let kinds: Vec<&str> = t.iter().map(|t| t.kind).collect();
-        let from: Vec<i64> = t.iter().map(|t| t.from as i64).collect();
-        let to: Vec<i64> = t.iter().map(|t| t.to as i64).collect();
-        let amounts: Vec<String> = t.iter().map(|t| amount(t.amount, t.scale)).collect();
-        let currencies: Vec<&str> = t.iter().map(|t| t.currency.as_str()).collect();
-        let statuses: Vec<&str> = t.iter().map(|t| t.status).collect();
-        let reasons: Vec<Option<&str>> = t.iter().map(|t| t.reason).collect();
-        let keys: Vec<Option<&[u8]>> = t.iter().map(|t| t.key.as_deref()).collect();
-        let sequences: Vec<i64> = t.iter().map(|t| t.sequence as i64).collect();
-        let created: Vec<String> = t.iter().map(|t| timestamp_text(t.created_at_ns)).collect();
-        tx.execute(
-            "INSERT INTO transactions (id, shard, kind, from_wallet_id, to_wallet_id, amount,
-                currency, status, reason, idempotency_key, sequence, created_at)
-             SELECT id::uuid, shard, kind, f, t, amount::numeric, currency, status, reason, key,
-                sequence, created::timestamp
-             FROM unnest($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[],
-                $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::int8[],
-                $12::text[])
-                AS u(id, shard, kind, f, t, amount, currency, status, reason, key, sequence,
-                     created)",
-            &[
-                &ids,
-                &shards,
-                &kinds,
-                &from,
-                &to,
-                &amounts,
-                &currencies,
-                &statuses,
-                &reasons,
-                &keys,
-                &sequences,
-                &created,
-            ],
+        let mut c = CopyText::with_capacity(rows.transactions.len());
+        for t in &rows.transactions {
+            c.text(&uuid_text(t.id))
+                .int(i64::from(t.shard))
+                .text(t.kind)
+                .int(t.from as i64)
+                .int(t.to as i64)
+                .text(&amount(t.amount, t.scale))
+                .text(t.currency.as_str())
+                .text(t.status)
+                .opt(t.reason)
+                .bytea(t.key.as_deref())
+                .int(t.sequence as i64)
+                .text(&timestamp_text(t.created_at_ns))
+                .end();
+        }
+        copy_in(
+            &tx,
+            "COPY transactions (id, shard, kind, from_wallet_id, to_wallet_id, amount, currency,
+                status, reason, idempotency_key, sequence, created_at) FROM STDIN",
+            c,
         )
         .await?;
     }
@@ -420,58 +475,44 @@ async fn write(
         .await?;
     }
     if !rows.entries.is_empty() {
-        let e = &rows.entries;
-        let wallets: Vec<i64> = e.iter().map(|e| e.wallet as i64).collect();
-        let transactions: Vec<String> = e.iter().map(|e| uuid_text(e.transaction)).collect();
-        let shards: Vec<i32> = e.iter().map(|e| i32::from(e.shard)).collect();
-        let sequences: Vec<i64> = e.iter().map(|e| e.sequence as i64).collect();
-        let deltas: Vec<String> = e.iter().map(|e| format_minor(e.delta, e.scale)).collect();
-        let currencies: Vec<&str> = e.iter().map(|e| e.currency.as_str()).collect();
-        tx.execute(
-            "INSERT INTO ledger_entries (wallet_id, transaction_id, shard, sequence, delta,
-                currency)
-             SELECT w, t::uuid, s, q, d::numeric, c
-             FROM unnest($1::int8[], $2::text[], $3::int4[], $4::int8[], $5::text[], $6::text[])
-                AS u(w, t, s, q, d, c)",
-            &[
-                &wallets,
-                &transactions,
-                &shards,
-                &sequences,
-                &deltas,
-                &currencies,
-            ],
+        let mut c = CopyText::with_capacity(rows.entries.len());
+        for e in &rows.entries {
+            c.int(e.wallet as i64)
+                .text(&uuid_text(e.transaction))
+                .int(i64::from(e.shard))
+                .int(e.sequence as i64)
+                .text(&format_minor(e.delta, e.scale))
+                .text(e.currency.as_str())
+                .end();
+        }
+        copy_in(
+            &tx,
+            "COPY ledger_entries (wallet_id, transaction_id, shard, sequence, delta, currency)
+             FROM STDIN",
+            c,
         )
         .await?;
     }
     if !rows.idempotency.is_empty() {
-        let i = &rows.idempotency;
-        let shards: Vec<i32> = i.iter().map(|i| i32::from(i.shard)).collect();
-        let keys: Vec<&[u8]> = i.iter().map(|i| i.key.as_slice()).collect();
-        let transactions: Vec<Option<String>> =
-            i.iter().map(|i| i.transaction.map(uuid_text)).collect();
-        let outcomes: Vec<&str> = i.iter().map(|i| i.outcome.as_str()).collect();
-        let sequences: Vec<i64> = i.iter().map(|i| i.sequence as i64).collect();
-        let created: Vec<String> = i.iter().map(|i| timestamp_text(i.created_at_ns)).collect();
+        let mut c = CopyText::with_capacity(rows.idempotency.len());
+        for i in &rows.idempotency {
+            c.int(i64::from(i.shard))
+                .bytea(Some(&i.key))
+                .opt(i.transaction.map(uuid_text).as_deref())
+                .text(&i.outcome)
+                .int(i.sequence as i64)
+                .text(&timestamp_text(i.created_at_ns))
+                .end();
+        }
+        copy_in(&tx, "COPY idempotency_stage FROM STDIN", c).await?;
         tx.execute(
-            "INSERT INTO transaction_idempotency (shard, idempotency_key, transaction_id, outcome,
-                sequence, created_at)
-             SELECT s, k, t::uuid, o, q, c::timestamp
-             FROM unnest($1::int4[], $2::bytea[], $3::text[], $4::text[], $5::int8[], $6::text[])
-                AS u(s, k, t, o, q, c)
+            "INSERT INTO transaction_idempotency SELECT * FROM idempotency_stage
              ON CONFLICT (shard, idempotency_key) DO UPDATE SET
                 transaction_id = excluded.transaction_id, outcome = excluded.outcome,
                 sequence = excluded.sequence, created_at = excluded.created_at
              WHERE transaction_idempotency.outcome IS DISTINCT FROM excluded.outcome
                 OR transaction_idempotency.transaction_id IS DISTINCT FROM excluded.transaction_id",
-            &[
-                &shards,
-                &keys,
-                &transactions,
-                &outcomes,
-                &sequences,
-                &created,
-            ],
+            &[],
         )
         .await?;
     }

@@ -353,6 +353,8 @@ fn reconcile_shard(
         Some(engine.wallet_count() as u64),
     );
     let mut sums: HashMap<String, i128> = HashMap::new();
+    // Postings are counted in the movement pass (column 3 holds each group's count).
+    let mut scratch = 0u64;
     store.cursors(
         &[Query::Wallets, Query::EntriesByWallet],
         shard,
@@ -379,7 +381,7 @@ fn reconcile_shard(
                     if key_id >= id {
                         break;
                     }
-                    let (_, total) = entries.next(18, &mut summary.postings)?.unwrap_or_default();
+                    let (_, total) = entries.next(18, &mut scratch)?.unwrap_or_default();
                     report.add(Discrepancy {
                         check: "2-wallet-postings",
                         shard,
@@ -416,9 +418,9 @@ fn reconcile_shard(
                     *entry = entry.saturating_add(balance);
                     // Check 2: its postings.
                     let posted = match entries.peek_key() {
-                        Some(key) if key == id.to_string() => entries
-                            .next(scale, &mut summary.postings)?
-                            .map(|(_, s)| s[0]),
+                        Some(key) if key == id.to_string() => {
+                            entries.next(scale, &mut scratch)?.map(|(_, s)| s[0])
+                        }
                         _ => None,
                     };
                     if posted.unwrap_or(0) != balance {
@@ -495,7 +497,7 @@ fn reconcile_shard(
                 }
             }
             while let Some(key) = entries.peek_key().map(str::to_string) {
-                let (_, total) = entries.next(18, &mut summary.postings)?.unwrap_or_default();
+                let (_, total) = entries.next(18, &mut scratch)?.unwrap_or_default();
                 report.add(Discrepancy {
                     check: "2-wallet-postings",
                     shard,
@@ -559,7 +561,14 @@ fn reconcile_shard(
                     None
                 };
                 let postings = if entry_key.as_ref() == Some(&key) {
-                    entries.next(18, &mut summary.postings)?.map(|(_, s)| s)
+                    let mut rows = 0;
+                    let sums = entries.next(18, &mut rows)?.map(|(_, s)| s);
+                    // Column 3 counts the postings; summed like the amounts, at 18 decimals.
+                    summary.postings += sums
+                        .as_ref()
+                        .and_then(|s| s.get(2))
+                        .map_or(0, |n| (n / 10i128.pow(18)) as u64);
+                    sums
                 } else {
                     None
                 };
@@ -611,10 +620,6 @@ fn reconcile_shard(
             Ok(())
         },
     )?;
-    // The flusher writes the postings of a movement's credit leg once per shard: the movement
-    // check above counted each posting; `postings` was counted twice (wallet and movement
-    // passes), keep the movement pass's count.
-    summary.postings /= 2;
 
     // Check 4: idempotency records and open holds, against the engine's image.
     progress.stage(shard, "idempotency records and holds", None);

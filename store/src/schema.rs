@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS wallets (
     status VARCHAR(10) NOT NULL,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
-);
+) WITH (fillfactor = 70);
 CREATE INDEX IF NOT EXISTS idx_wallets_user_id ON wallets (user_id);
 CREATE TABLE IF NOT EXISTS transactions (
     id UUID NOT NULL,

@@ -345,6 +345,85 @@ impl Workload {
     }
 }
 
+/// The journals of a data folder opened for appending, as a node's shards would be (each
+/// recovered first). For tests and benchmarks that write journals in pieces.
+pub struct Journals {
+    shards: Vec<paycore_snapshot::DurableShard>,
+    pending: Vec<usize>,
+    batch: usize,
+    payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Journals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journals")
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl Journals {
+    /// Commits every `batch` records per shard (one fsync each).
+    pub fn open(data_dir: &std::path::Path, shards: u16, batch: usize) -> Result<Journals, String> {
+        use paycore_journal::{JournalConfig, RecoveryOptions};
+        let mut opened = Vec::new();
+        for shard in 0..shards {
+            let engine_config = EngineConfig {
+                shard,
+                shard_count: shards,
+                ..EngineConfig::default()
+            };
+            // `Durability::None` would leave the batch in the writer (the default write path
+            // writes at the sync), so the records would not be on disk for a reader.
+            let journal_config = JournalConfig {
+                shard,
+                ..JournalConfig::default()
+            };
+            let shard = paycore_snapshot::open_shard(
+                data_dir,
+                engine_config,
+                journal_config,
+                RecoveryOptions::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            opened.push(shard);
+        }
+        Ok(Journals {
+            pending: vec![0; opened.len()],
+            shards: opened,
+            batch: batch.max(1),
+            payload: Vec::with_capacity(512),
+        })
+    }
+
+    pub fn append(&mut self, records: &[Record]) -> Result<(), String> {
+        for record in records {
+            let shard = &mut self.shards[usize::from(record.shard)];
+            self.payload.clear();
+            paycore_engine::codec::encode_command(&record.command, &mut self.payload);
+            shard
+                .journal
+                .append(record.sequence, record.timestamp_ns, &self.payload)
+                .map_err(|e| e.to_string())?;
+            let count = &mut self.pending[usize::from(record.shard)];
+            *count += 1;
+            if *count >= self.batch {
+                shard.journal.commit().map_err(|e| e.to_string())?;
+                *count = 0;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<(), String> {
+        for (shard, pending) in self.shards.iter_mut().zip(&mut self.pending) {
+            shard.journal.commit().map_err(|e| e.to_string())?;
+            *pending = 0;
+        }
+        Ok(())
+    }
+}
+
 /// Writes `records` into the journals of `data_dir` (one per shard, as a node would: each shard
 /// recovered first, then appended and committed in batches of `batch` records).
 pub fn write_journals(
@@ -353,48 +432,7 @@ pub fn write_journals(
     records: &[Record],
     batch: usize,
 ) -> Result<(), String> {
-    use paycore_journal::{JournalConfig, RecoveryOptions};
-    let mut opened = Vec::new();
-    for shard in 0..shards {
-        let engine_config = EngineConfig {
-            shard,
-            shard_count: shards,
-            ..EngineConfig::default()
-        };
-        // `Durability::None` would leave the batch in the writer (the default write path
-        // writes at the sync), so the records would not be on disk for a reader.
-        let journal_config = JournalConfig {
-            shard,
-            ..JournalConfig::default()
-        };
-        let shard = paycore_snapshot::open_shard(
-            data_dir,
-            engine_config,
-            journal_config,
-            RecoveryOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        opened.push(shard);
-    }
-    let mut payload = Vec::with_capacity(512);
-    let mut pending = vec![0usize; usize::from(shards)];
-    for record in records {
-        let shard = &mut opened[usize::from(record.shard)];
-        payload.clear();
-        paycore_engine::codec::encode_command(&record.command, &mut payload);
-        shard
-            .journal
-            .append(record.sequence, record.timestamp_ns, &payload)
-            .map_err(|e| e.to_string())?;
-        let count = &mut pending[usize::from(record.shard)];
-        *count += 1;
-        if *count >= batch {
-            shard.journal.commit().map_err(|e| e.to_string())?;
-            *count = 0;
-        }
-    }
-    for shard in &mut opened {
-        shard.journal.commit().map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    let mut journals = Journals::open(data_dir, shards, batch)?;
+    journals.append(records)?;
+    journals.commit()
 }
