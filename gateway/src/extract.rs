@@ -55,27 +55,33 @@ impl FromRequestParts<Shared> for AuthUser {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
-        let claims = state.jwt.decode(token.trim(), crate::time::now_secs())?;
-        let tier = parse_tier(&claims.tier)
-            .ok_or_else(|| ApiError::unauthorized("access token has an unknown tier"))?;
-        if uuid::Uuid::parse_str(&claims.sub).is_err() {
-            return Err(ApiError::unauthorized("access token has a bad subject"));
-        }
-        if state
-            .store
-            .is_revoked(&claims.jti)
-            .await
-            .map_err(store_error)?
-        {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "token_revoked",
-                "access token was revoked (logged out)",
-            ));
-        }
-        state.limiter.check(Scope::Tier, &claims.sub, tier)?;
-        Ok(AuthUser { claims, tier })
+        authenticate(state, token).await
     }
+}
+
+/// The caller of a bearer `token`: valid signature, audience and expiry, not revoked, and
+/// within the per-tier rate limit.
+pub async fn authenticate(state: &Shared, token: &str) -> Result<AuthUser, ApiError> {
+    let claims = state.jwt.decode(token.trim(), crate::time::now_secs())?;
+    let tier = parse_tier(&claims.tier)
+        .ok_or_else(|| ApiError::unauthorized("access token has an unknown tier"))?;
+    if uuid::Uuid::parse_str(&claims.sub).is_err() {
+        return Err(ApiError::unauthorized("access token has a bad subject"));
+    }
+    if state
+        .store
+        .is_revoked(&claims.jti)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "access token was revoked (logged out)",
+        ));
+    }
+    state.limiter.check(Scope::Tier, &claims.sub, tier)?;
+    Ok(AuthUser { claims, tier })
 }
 
 /// The client's address (for limits on unauthenticated routes).

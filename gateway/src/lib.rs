@@ -26,8 +26,11 @@
 //!   confirm, then required at login (`verify-2fa` with the challenge token) and for transfers
 //!   above `--two-factor-above` units;
 //!
-//! **Not built**: WebSocket and SSE streams, a Redis-shared rate limiter, the
-//! OpenAPI document. Their routes do not exist (404).
+//! - real time: WebSocket `/api/v1/ws` (`subscribe.wallet`, `subscribe.transactions`) and
+//!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
+//!   [`events`]); a user only receives events about their own wallets.
+//!
+//! **Not built**: a Redis-shared rate limiter and the OpenAPI document (no route for it).
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
 //! wallet route asks the core for the wallet and compares its owner (a wallet of someone else
@@ -38,6 +41,7 @@
 pub mod auth;
 pub mod core;
 pub mod error;
+pub mod events;
 mod extract;
 pub mod metrics;
 pub mod ratelimit;
@@ -194,6 +198,8 @@ pub struct AppState {
     /// Signs the short-lived challenge of a login that still needs its 2FA code.
     pub challenge_jwt: auth::Jwt,
     pub totp: Option<totp::SecretBox>,
+    /// Real-time notifications for WebSocket and SSE connections.
+    pub events: events::Hub,
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
     pub webhook_key: Option<ring::hmac::Key>,
@@ -301,6 +307,7 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
             .collect(),
         currencies,
         dummy_hash,
+        events: events::Hub::default(),
         args,
     }))
 }
@@ -346,6 +353,7 @@ pub async fn start_with(state: Shared) -> Result<Gateway, String> {
         .map_err(|e| format!("{}: {e}", state.args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(register_currencies(state.clone()));
+    tokio::spawn(events::follow(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

@@ -16,6 +16,16 @@ use crate::routes::wallets::{applied, engine_user, parse_wallet_id, wallet_json,
 use crate::time::now_ms;
 use crate::users::{parse_tier, tier_name};
 
+/// Tells the user's open streams (on this gateway) about the review.
+fn publish_kyc(state: &Shared, user_id: &str, data: serde_json::Value) {
+    state.events.publish(crate::events::Notification {
+        user: engine_user(user_id),
+        kind: "kyc.status",
+        wallet: None,
+        data,
+    });
+}
+
 async fn set_frozen(
     state: Shared,
     admin: AuthUser,
@@ -125,6 +135,11 @@ pub async fn kyc_approve(
         .set_tier(&user_id, tier, now_ms())
         .await
         .map_err(store_error)?;
+    publish_kyc(
+        &state,
+        &user_id,
+        json!({"status": "approved", "tier": tier_name(tier)}),
+    );
     Ok(Json(
         json!({ "user_id": user_id, "status": "approved", "tier": tier_name(tier) }),
     ))
@@ -157,6 +172,11 @@ pub async fn kyc_reject(
             "no pending KYC submission for this user",
         ));
     }
+    publish_kyc(
+        &state,
+        &user_id,
+        json!({"status": "rejected", "reason": reason}),
+    );
     Ok(Json(
         json!({ "user_id": user_id, "status": "rejected", "reason": reason }),
     ))

@@ -2,6 +2,7 @@
 //! `/api/v1/transactions/…`) plus operations at the root.
 
 pub mod admin;
+pub mod stream;
 pub mod users;
 pub mod wallets;
 pub mod webhooks;
@@ -47,6 +48,8 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/transactions/{id}", get(wallets::get_transaction))
         .route("/api/v1/withdrawals", post(wallets::withdraw))
         .route("/api/v1/webhooks/provider", post(webhooks::provider))
+        .route("/api/v1/ws", get(stream::websocket))
+        .route("/api/v1/stream/notifications", get(stream::sse))
         .route("/api/v1/admin/wallets/{id}/freeze", post(admin::freeze))
         .route("/api/v1/admin/wallets/{id}/unfreeze", post(admin::unfreeze))
         .route(

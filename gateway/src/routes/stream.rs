@@ -1,0 +1,255 @@
+//! WebSocket `/api/v1/ws` and SSE `/api/v1/stream/notifications`.
+//!
+//! Both authenticate with the access token in `Authorization: Bearer …` or, because browsers
+//! cannot set headers on these, in the `access_token` query parameter.
+//!
+//! WebSocket: the client sends `{"type": "subscribe.wallet", "wallet_id": "…"}` (one of its
+//! own wallets: `balance.updated` and its transactions) or `{"type":
+//! "subscribe.transactions"}` (every `transaction.sent` / `transaction.received`); the server
+//! answers `{"type": "subscribed", …}` or `{"type": "error", "code": …}` and sends events as
+//! `{"type": "<event>", "data": {…}}`. `notification` and `kyc.status` need no subscription.
+//! SSE: every event of the user, `event: <type>` and `data: <json>`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use paycore_engine::WalletId;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::events::Notification;
+use crate::extract::{AuthUser, authenticate};
+use crate::metrics::Metrics;
+use crate::routes::wallets::{owned_wallet, parse_wallet_id};
+
+/// Longest client message on a WebSocket, in bytes.
+const CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
+/// Most wallets one WebSocket subscribes to.
+const SUBSCRIBED_WALLETS_MAX: usize = 64;
+
+/// The caller, from the header or the `access_token` query parameter.
+async fn caller(
+    state: &Shared,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<AuthUser, ApiError> {
+    let from_header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    let token = from_header
+        .or(from_query)
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token parameter"))?;
+    authenticate(state, &token).await
+}
+
+/// Counts an open stream while alive.
+struct Open {
+    metrics: Arc<Metrics>,
+    websocket: bool,
+}
+
+impl Open {
+    fn new(metrics: Arc<Metrics>, websocket: bool) -> Open {
+        let gauge = if websocket {
+            &metrics.websockets_open
+        } else {
+            &metrics.sse_open
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Open { metrics, websocket }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let gauge = if self.websocket {
+            &self.metrics.websockets_open
+        } else {
+            &self.metrics.sse_open
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn websocket(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Who first: an anonymous caller learns nothing, not even what the route expects.
+    let user = caller(&state, &headers, query.as_deref()).await?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::bad_request("websocket_upgrade_required", e.body_text()))?;
+    Ok(upgrade
+        .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .on_upgrade(move |socket| session(state, user, socket))
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    wallet_id: Option<String>,
+}
+
+fn error_message(code: &str, detail: &str) -> Message {
+    Message::Text(
+        json!({"type": "error", "code": code, "detail": detail})
+            .to_string()
+            .into(),
+    )
+}
+
+async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
+    let _open = Open::new(state.metrics.clone(), true);
+    let me = user.engine_user();
+    let mut events = state.events.subscribe();
+    let mut wallets: HashSet<WalletId> = HashSet::new();
+    let mut transactions = false;
+    loop {
+        tokio::select! {
+            message = socket.recv() => {
+                let reply = match message {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => {
+                        client_message(&state, &user, text.as_str(), &mut wallets, &mut transactions).await
+                    }
+                    Some(Ok(Message::Binary(_))) => Some(error_message("message_invalid", "send JSON text")),
+                    Some(Ok(_)) => None,
+                };
+                if let Some(reply) = reply
+                    && socket.send(reply).await.is_err()
+                {
+                    break;
+                }
+            }
+            event = events.recv() => {
+                let message = match event {
+                    Ok(n) if n.user == me && wanted(&n, &wallets, transactions) => {
+                        json!({"type": n.kind, "data": n.data}).to_string()
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => json!({"type": "notification",
+                        "data": {"type": "events.lagged", "missed": missed}}).to_string(),
+                    Err(RecvError::Closed) => break,
+                };
+                if socket.send(Message::Text(message.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn wanted(n: &Notification, wallets: &HashSet<WalletId>, transactions: bool) -> bool {
+    let on_wallet = n.wallet.is_some_and(|w| wallets.contains(&w));
+    match n.kind {
+        "balance.updated" => on_wallet,
+        "transaction.sent" | "transaction.received" => transactions || on_wallet,
+        _ => true,
+    }
+}
+
+async fn client_message(
+    state: &Shared,
+    user: &AuthUser,
+    text: &str,
+    wallets: &mut HashSet<WalletId>,
+    transactions: &mut bool,
+) -> Option<Message> {
+    let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+        return Some(error_message("message_invalid", "expected {\"type\": …}"));
+    };
+    match message.kind.as_str() {
+        "subscribe.wallet" => {
+            let Some(id) = message.wallet_id.as_deref() else {
+                return Some(error_message(
+                    "wallet_id_required",
+                    "subscribe.wallet needs wallet_id",
+                ));
+            };
+            if wallets.len() >= SUBSCRIBED_WALLETS_MAX {
+                return Some(error_message(
+                    "too_many_subscriptions",
+                    "at most 64 wallets",
+                ));
+            }
+            let owned = match parse_wallet_id(id) {
+                Ok(wallet) => owned_wallet(state, user, wallet).await,
+                Err(e) => Err(e),
+            };
+            Some(match owned {
+                Ok(view) => {
+                    wallets.insert(view.id);
+                    Message::Text(
+                        json!({"type": "subscribed", "channel": "wallet", "wallet_id": id})
+                            .to_string()
+                            .into(),
+                    )
+                }
+                Err(e) => error_message(e.code, &e.detail),
+            })
+        }
+        "subscribe.transactions" => {
+            *transactions = true;
+            Some(Message::Text(
+                json!({"type": "subscribed", "channel": "transactions"})
+                    .to_string()
+                    .into(),
+            ))
+        }
+        other => Some(error_message(
+            "message_type_unknown",
+            &format!("unknown message type {other:?}"),
+        )),
+    }
+}
+
+pub async fn sse(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = caller(&state, &headers, query.as_deref()).await?;
+    let me = user.engine_user();
+    let open = Open::new(state.metrics.clone(), false);
+    let receiver = state.events.subscribe();
+    let stream =
+        futures_util::stream::unfold((receiver, open), move |(mut receiver, open)| async move {
+            loop {
+                let event = match receiver.recv().await {
+                    Ok(n) if n.user == me => {
+                        SseEvent::default().event(n.kind).data(n.data.to_string())
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(missed)) => SseEvent::default()
+                        .event("notification")
+                        .data(json!({"type": "events.lagged", "missed": missed}).to_string()),
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, Infallible>(event), (receiver, open)));
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
