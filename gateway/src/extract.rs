@@ -80,7 +80,7 @@ pub async fn authenticate(state: &Shared, token: &str) -> Result<AuthUser, ApiEr
             "access token was revoked (logged out)",
         ));
     }
-    state.limiter.check(Scope::Tier, &claims.sub, tier)?;
+    state.limiter.check(Scope::Tier, &claims.sub, tier).await?;
     Ok(AuthUser { claims, tier })
 }
 

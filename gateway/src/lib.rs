@@ -19,8 +19,9 @@
 //!   `timestamp.body` with a tolerance window (`deposit.succeeded`, `withdrawal.paid`,
 //!   `withdrawal.failed`), withdrawal requests that place a hold;
 //! - admin: freeze / unfreeze a wallet, approve / reject KYC (sets the user's tier in the core);
-//! - rate limits in process (per tier per second, per endpoint per minute), 429 with
-//!   `Retry-After` and `RateLimit-*` headers.
+//! - rate limits (per tier per second, per endpoint per minute), 429 with `Retry-After` and
+//!   `RateLimit-*` headers; in process, or shared by all gateways through Redis
+//!   (`--redis-url`);
 //!
 //! - 2FA (RFC 6238 TOTP, secrets sealed with AES-256-GCM under `--totp-key`): enroll,
 //!   confirm, then required at login (`verify-2fa` with the challenge token) and for transfers
@@ -30,7 +31,7 @@
 //!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
 //!   [`events`]); a user only receives events about their own wallets.
 //!
-//! **Not built**: a Redis-shared rate limiter and the OpenAPI document (no route for it).
+//! **Not built**: the OpenAPI document (no route for it).
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
 //! wallet route asks the core for the wallet and compares its owner (a wallet of someone else
@@ -45,6 +46,7 @@ pub mod events;
 mod extract;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis;
 mod routes;
 pub mod time;
 pub mod totp;
@@ -136,6 +138,17 @@ pub struct GatewayArgs {
     /// E-mail addresses that get the admin role when they register, comma-separated.
     #[arg(long, env = "PAYCORE_GATEWAY_ADMIN_EMAILS", default_value = "")]
     pub admin_emails: String,
+    /// Redis shared by every gateway for rate limits, e.g. redis://127.0.0.1:6379 (without
+    /// it each gateway counts on its own).
+    #[arg(long, env = "PAYCORE_GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of the rate-limit keys in Redis.
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_REDIS_PREFIX",
+        default_value = "paycore:rl:"
+    )]
+    pub redis_prefix: String,
     /// AES-256-GCM key sealing TOTP secrets at rest, 64 hex digits. Without it 2FA cannot
     /// be enrolled (its routes answer 503 `two_factor_unconfigured`).
     #[arg(long, env = "PAYCORE_GATEWAY_TOTP_KEY", hide_env_values = true)]
@@ -179,6 +192,8 @@ impl GatewayArgs {
                 admin_emails: String::new(),
                 rate_limits: "seed".into(),
                 totp_key: None,
+                redis_url: None,
+                redis_prefix: "paycore:rl:".into(),
                 two_factor_above: "1000".into(),
             });
         args.core = core;
@@ -294,7 +309,13 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
             .map(totp::SecretBox::from_hex)
             .transpose()?,
         metrics,
-        limiter: Limiter::new(limits),
+        limiter: Limiter::with_redis(
+            limits,
+            args.redis_url
+                .as_deref()
+                .map(|url| redis::Redis::new(url, &args.redis_prefix))
+                .transpose()?,
+        ),
         webhook_key: args
             .webhook_secret
             .as_ref()

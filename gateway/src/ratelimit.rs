@@ -1,8 +1,10 @@
 //! In-process rate limits: GCRA (a token bucket kept as one "theoretical arrival time" per
 //! key), as in the seed — per tier per second and per endpoint per minute.
 //!
-//! Each gateway counts on its own; with N gateways behind a balancer a user gets up to N times
-//! the limit (a Redis-shared limiter is not built yet).
+//! Without `--redis-url` each gateway counts on its own (with N gateways behind a balancer a
+//! user gets up to N times the limit). With it, the same GCRA runs inside Redis as one Lua
+//! script on Redis's clock, so every gateway draws from one allowance; if Redis cannot be
+//! reached the gateway falls back to its own count (and logs it) rather than refuse everyone.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -67,6 +69,7 @@ impl Scope {
 #[derive(Debug)]
 pub struct Limiter {
     pub limits: Option<Limits>,
+    redis: Option<crate::redis::Redis>,
     start: Instant,
     /// (scope, subject) -> theoretical arrival time, in ns since `start`.
     tats: Mutex<HashMap<(Scope, String), u64>>,
@@ -75,7 +78,13 @@ pub struct Limiter {
 impl Limiter {
     /// `None`: no limits (benchmarks).
     pub fn new(limits: Option<Limits>) -> Limiter {
+        Limiter::with_redis(limits, None)
+    }
+
+    /// Limits kept in Redis (shared by every gateway using it).
+    pub fn with_redis(limits: Option<Limits>, redis: Option<crate::redis::Redis>) -> Limiter {
         Limiter {
+            redis,
             limits,
             start: Instant::now(),
             tats: Mutex::new(HashMap::new()),
@@ -98,7 +107,7 @@ impl Limiter {
 
     /// Takes one request from `subject`'s allowance; a 429 with `Retry-After` and `RateLimit`
     /// headers when it is spent.
-    pub fn check(
+    pub async fn check(
         &self,
         scope: Scope,
         subject: &str,
@@ -108,7 +117,17 @@ impl Limiter {
             return Ok(());
         };
         let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match self.take(scope, subject, rate, now) {
+        let taken = match &self.redis {
+            Some(redis) => match redis.take(scope.name(), subject, rate).await {
+                Ok(taken) => taken,
+                Err(error) => {
+                    tracing::warn!(%error, "redis rate limiter unreachable; counting locally");
+                    self.take(scope, subject, rate, now)
+                }
+            },
+            None => self.take(scope, subject, rate, now),
+        };
+        match taken {
             Ok(()) => Ok(()),
             Err(wait_ns) => {
                 let retry_after = wait_ns.div_ceil(1_000_000_000).max(1);

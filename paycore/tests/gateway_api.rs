@@ -941,3 +941,66 @@ async fn two_factor_guards_login_and_large_transfers() {
     assert_eq!(world.balance(&lara, &wallet).await, "130.00");
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_gateways_through_redis() {
+    let url = "redis://127.0.0.1:6379";
+    if tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set and Redis at {url} is unreachable"
+        );
+        eprintln!("Redis unreachable: skipping");
+        return;
+    }
+    let prefix = format!(
+        "paycore-test:{}:{}:",
+        std::process::id(),
+        gateway_support::now_nanos()
+    );
+    let world = World::start(StoreKind::Sqlite, |args| {
+        args.rate_limits = "seed".into();
+        args.redis_url = Some(url.into());
+        args.redis_prefix = prefix.clone();
+    })
+    .await;
+    let second = world.second_gateway().await;
+    let (nina, _) = world.user("nina@example.com").await;
+    let wallet = world.wallet(&nina, "USD").await;
+    let body = json!({"from_wallet_id": wallet, "to_email": "nina@example.com", "amount": "1.00", "currency": "USD"})
+        .to_string();
+    // 5 sends a minute in all: 3 through one gateway, 2 through the other, then both refuse.
+    for i in 0..5 {
+        let addr = if i % 2 == 0 { world.addr } else { second.addr };
+        let key = format!("s-{i}");
+        let response = gateway_support::call_at(
+            addr,
+            "POST",
+            "/api/v1/transactions/send",
+            Some(&nina),
+            &[("idempotency-key", &key)],
+            Some(body.as_bytes()),
+        )
+        .await;
+        assert_ne!(response.status, 429, "send {i}: {}", response.text());
+    }
+    for (i, addr) in [world.addr, second.addr].into_iter().enumerate() {
+        let key = format!("t-{i}");
+        let limited = gateway_support::call_at(
+            addr,
+            "POST",
+            "/api/v1/transactions/send",
+            Some(&nina),
+            &[("idempotency-key", &key)],
+            Some(body.as_bytes()),
+        )
+        .await;
+        assert_eq!(limited.status, 429, "gateway {i}: {}", limited.text());
+        assert!(limited.header("retry-after").is_some());
+    }
+    second.stop().await;
+    world.stop().await;
+}

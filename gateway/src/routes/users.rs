@@ -80,7 +80,8 @@ pub async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     state
         .limiter
-        .check(Scope::Address, &addr, paycore_engine::Tier::Unverified)?;
+        .check(Scope::Address, &addr, paycore_engine::Tier::Unverified)
+        .await?;
     let request: Register = json(&body)?;
     let email = valid_email(&request.email)?;
     let full_name = valid_name(&request.full_name)?;
@@ -173,7 +174,8 @@ pub async fn login(
     }
     state
         .limiter
-        .check(Scope::Login, &email, paycore_engine::Tier::Unverified)?;
+        .check(Scope::Login, &email, paycore_engine::Tier::Unverified)
+        .await?;
     let user = state
         .store
         .user_by_email(&email)
@@ -260,11 +262,14 @@ pub async fn verify_two_factor(
         .challenge_jwt
         .decode(&request.challenge_token, now_secs())?;
     // Guessing codes counts against the login limit of the account.
-    state.limiter.check(
-        Scope::Login,
-        &claims.email,
-        paycore_engine::Tier::Unverified,
-    )?;
+    state
+        .limiter
+        .check(
+            Scope::Login,
+            &claims.email,
+            paycore_engine::Tier::Unverified,
+        )
+        .await?;
     let user = state
         .store
         .user_by_id(&claims.sub)

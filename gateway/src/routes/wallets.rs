@@ -134,7 +134,10 @@ pub async fn list_wallets(
     State(state): State<Shared>,
     user: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.limiter.check(Scope::Balance, user.id(), user.tier)?;
+    state
+        .limiter
+        .check(Scope::Balance, user.id(), user.tier)
+        .await?;
     match state
         .core
         .query(Query::WalletsOfUser(user.engine_user()))
@@ -152,7 +155,10 @@ pub async fn get_wallet(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.limiter.check(Scope::Balance, user.id(), user.tier)?;
+    state
+        .limiter
+        .check(Scope::Balance, user.id(), user.tier)
+        .await?;
     let view = owned_wallet(&state, &user, parse_wallet_id(&id)?).await?;
     Ok(Json(wallet_json(&view)))
 }
@@ -404,7 +410,10 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.limiter.check(Scope::Send, user.id(), user.tier)?;
+    state
+        .limiter
+        .check(Scope::Send, user.id(), user.tier)
+        .await?;
     let request: Send = json(&body)?;
     let currency = parse_currency(&request.currency)?;
     let from = parse_wallet_id(&request.from_wallet_id)?;
@@ -578,7 +587,10 @@ pub async fn withdraw(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.limiter.check(Scope::Send, user.id(), user.tier)?;
+    state
+        .limiter
+        .check(Scope::Send, user.id(), user.tier)
+        .await?;
     let request: Withdraw = json(&body)?;
     let currency = parse_currency(&request.currency)?;
     let wallet = parse_wallet_id(&request.wallet_id)?;

@@ -18,6 +18,12 @@ pub const ADMIN_EMAIL: &str = "admin@paycore.test";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 fn unique(label: &str) -> String {
     format!(
         "{label}_{}_{}",
@@ -190,30 +196,14 @@ impl World {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Response {
-        let mut stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
-        if let Some(token) = token {
-            request.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        let body = body.unwrap_or_default();
-        if !body.is_empty() || method != "GET" {
-            request.push_str("content-type: application/json\r\n");
-            request.push_str(&format!("content-length: {}\r\n", body.len()));
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        // A server may answer (413) and close before reading a huge body: ignore write errors.
-        let _ = stream.write_all(&bytes).await;
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw).await;
-        Response::parse(&raw)
+        call_at(self.addr, method, path, token, headers, body).await
+    }
+
+    /// Another gateway on the same node and store, with the same settings.
+    pub async fn second_gateway(&self) -> Gateway {
+        let mut args = self.gateway.as_ref().expect("gateway").state.args.clone();
+        args.listen = "127.0.0.1:0".parse().expect("addr");
+        paycore_gateway::start(args).await.expect("second gateway")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
@@ -320,6 +310,38 @@ impl World {
             .expect("balance")
             .to_owned()
     }
+}
+
+/// One HTTP request to `addr` (see [`World::call`]).
+pub async fn call_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || method != "GET" {
+        request.push_str("content-type: application/json\r\n");
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // A server may answer (413) and close before reading a huge body: ignore write errors.
+    let _ = stream.write_all(&bytes).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    Response::parse(&raw)
 }
 
 /// A parsed HTTP response.
