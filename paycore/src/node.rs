@@ -85,6 +85,10 @@ pub struct NodeArgs {
     /// Size of each journal segment file, MiB (segments a snapshot covers are archived whole).
     #[arg(long, env = "PAYCORE_JOURNAL_SEGMENT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
     pub journal_segment_mib: u64,
+    /// Serve Prometheus metrics (`GET /metrics`: throughput, group commits, ring depth, fsync
+    /// latency, replication lag) over HTTP on this address. Off by default.
+    #[arg(long, env = "PAYCORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub replication: ReplicationArgs,
 }
@@ -249,6 +253,8 @@ pub struct Node {
     pub fingerprint: String,
     pub listen: SocketAddr,
     pub role: Arc<NodeRole>,
+    /// Where `/metrics` is served, if it is.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Settles the node's role before its shards open: a standby (`--standby-of`) asks its
@@ -337,6 +343,12 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
             .store(epoch, std::sync::atomic::Ordering::Release);
     }
     role.hook_commits(&sequencer);
+    let metrics = match args.metrics_listen {
+        Some(listen) => Some(
+            crate::metrics::serve(listen, Arc::downgrade(&sequencer), role.clone(), None).await?,
+        ),
+        None => None,
+    };
     if standby && let Some(link) = args.replication.link(&args.data_dir) {
         crate::replication::follow(link, sequencer.clone(), role.clone());
     }
@@ -377,6 +389,7 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
         fingerprint,
         listen,
         role,
+        metrics,
     })
 }
 
@@ -405,6 +418,9 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
                 .map_or(String::new(), |p| format!(" (following {p})")),
             args.replication.mode().name(),
         );
+        if let Some(metrics) = node.metrics {
+            println!("paycore node: metrics on http://{metrics}/metrics");
+        }
         wait_for_signal().await;
         println!("paycore node: shutting down (finishing in-flight commits)");
         node.endpoint.close(0u32.into(), b"shutting down");

@@ -28,6 +28,7 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
         ca: None,
         truncate_corruption: false,
         journal_segment_mib: 64,
+        metrics_listen: None,
         replication: Default::default(),
     }
 }
@@ -460,6 +461,61 @@ async fn with_a_ca_only_clients_with_its_certificates_get_in() {
         client.query(Query::Status).await,
         Ok(QueryResult::Status(_))
     ));
+    client.close();
+    shut_down(node, &dir).await;
+}
+
+/// `/metrics` answers in the Prometheus text format with the shards' counters and the
+/// journal commit latency histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_throughput_and_commit_latency() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = data_dir("metrics");
+    let mut node_args = args(&dir, 2);
+    node_args.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let node = start_node(&node_args).await.expect("node starts");
+    let metrics = node.metrics.expect("metrics served");
+    let client = client(node.listen, &dir).await;
+    open_wallets(&client, 10, 1_000).await;
+    let mut stream = tokio::net::TcpStream::connect(metrics)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"));
+    let value = |line_start: &str| -> u64 {
+        response
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {response}"))
+    };
+    let commands: u64 = (0..2)
+        .map(|s| value(&format!("paycore_shard_commands_total{{shard=\"{s}\"}}")))
+        .sum();
+    assert!(
+        commands >= 21,
+        "register (on both shards), 10 opens, 10 deposits: {commands}"
+    );
+    let commits: u64 = (0..2)
+        .map(|s| {
+            value(&format!(
+                "paycore_shard_journal_commit_seconds_count{{shard=\"{s}\"}}"
+            ))
+        })
+        .sum();
+    assert!(commits > 0);
+    assert_eq!(value("paycore_node_primary"), 1);
+    assert_eq!(value("paycore_node_epoch"), 1);
     client.close();
     shut_down(node, &dir).await;
 }

@@ -39,7 +39,7 @@ pub use events::{EventBatch, EventLog, Read};
 pub use replication::{ReplicationGate, ReplicationMode};
 pub use reply::{CommandResult, OnDone};
 pub use routing::{Route, route};
-pub use writer::ShardStats;
+pub use writer::{COMMIT_LATENCY_BOUNDS_US, LatencyHistogram, ShardStats};
 
 use reply::{BatchReply, DISCARD};
 use writer::{Release, Request, ShardWriter, WriterConfig, let_out};

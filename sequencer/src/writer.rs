@@ -90,6 +90,34 @@ pub struct ShardStats {
     pub batch_commands_max_seen: AtomicU64,
     /// Set when the journal refused a write: the shard answers `ShardUnavailable` from then on.
     pub poisoned: AtomicBool,
+    /// Time of each group commit's journal write + sync (the fsync latency operators watch).
+    pub commit_latency: LatencyHistogram,
+}
+
+/// Upper bounds (µs) of the commit-latency buckets; the last bucket is everything above.
+pub const COMMIT_LATENCY_BOUNDS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// A fixed-bucket latency histogram, lock-free (Prometheus-style cumulative on export).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Count per bucket of [`COMMIT_LATENCY_BOUNDS_US`], then the overflow bucket.
+    pub buckets: [AtomicU64; 13],
+    pub sum_us: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, micros: u64) {
+        let bucket = COMMIT_LATENCY_BOUNDS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(COMMIT_LATENCY_BOUNDS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct WriterConfig {
@@ -451,7 +479,12 @@ impl ShardWriter {
                 break;
             }
         }
+        // Measuring the sync is the node's business, not the engine's: no determinism concern.
+        let sync_started = std::time::Instant::now();
         let journaled = journaled.and_then(|()| self.shard.journal.commit().map(|_| ()));
+        self.stats
+            .commit_latency
+            .record(sync_started.elapsed().as_micros() as u64);
         if let Err(error) = journaled {
             tracing::error!(shard = self.shard.engine.config().shard, %error, "journal write failed; shard unavailable");
             self.stats.poisoned.store(true, Ordering::Release);
