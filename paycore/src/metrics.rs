@@ -124,6 +124,34 @@ pub fn render(sequencer: &Sequencer, role: &NodeRole, extra: Option<&ShardGauges
         "gauge",
         per_shard(&|s| sequencer.gate(s).lag_ms()),
     );
+    if let Some(flushers) = role
+        .flushers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        let lag = |shard: u16| {
+            flushers.lag(
+                shard,
+                sequencer
+                    .stats(shard)
+                    .durable_sequence
+                    .load(Ordering::Relaxed),
+            )
+        };
+        gauge(
+            "paycore_shard_flush_lag_records",
+            "Records durable in the journal and not yet in the store.",
+            "gauge",
+            per_shard(&|s| lag(s).1),
+        );
+        gauge(
+            "paycore_shard_flush_lag_ms",
+            "Age of the oldest record not yet in the store (command time), ms.",
+            "gauge",
+            per_shard(&|s| lag(s).2),
+        );
+    }
     if let Some(extra) = extra {
         let mut named: std::collections::BTreeMap<&str, (&str, Rows)> =
             std::collections::BTreeMap::new();

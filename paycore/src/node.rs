@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use paycore_engine::EngineConfig;
 use paycore_journal::MmapStorage;
 use paycore_journal::{Durability, RecoveryOptions};
 use paycore_protocol::{
@@ -91,6 +92,8 @@ pub struct NodeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub replication: ReplicationArgs,
+    #[command(flatten)]
+    pub store: crate::flush::StoreArgs,
 }
 
 /// Hot standby: which node this one follows, and how a primary waits for its standby.
@@ -343,6 +346,26 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
             .store(epoch, std::sync::atomic::Ordering::Release);
     }
     role.hook_commits(&sequencer);
+    if !args.store.no_flush {
+        let (data_dir, store) = (args.data_dir.clone(), args.store.clone());
+        let engine = EngineConfig {
+            shard_count: shards,
+            ..EngineConfig::default()
+        };
+        let watermarks: Vec<_> = (0..shards)
+            .map(|shard| Some(sequencer.durable_watermark(shard).clone()))
+            .collect();
+        *role
+            .start_flushers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some(crate::replication::FlushStarter(Box::new(move || {
+                crate::flush::start_flushers(&data_dir, &engine, watermarks, &store, false)
+            })));
+        if !standby {
+            role.start_flushing(&sequencer)?;
+        }
+    }
     let metrics = match args.metrics_listen {
         Some(listen) => Some(
             crate::metrics::serve(listen, Arc::downgrade(&sequencer), role.clone(), None).await?,
@@ -418,6 +441,9 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
                 .map_or(String::new(), |p| format!(" (following {p})")),
             args.replication.mode().name(),
         );
+        if let Some(flushers) = node.role.flushers.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            println!("paycore node: flushing committed state to {}", flushers.target);
+        }
         if let Some(metrics) = node.metrics {
             println!("paycore node: metrics on http://{metrics}/metrics");
         }
@@ -426,6 +452,7 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
         node.endpoint.close(0u32.into(), b"shutting down");
         node.endpoint.wait_idle().await;
         stop_sequencer(node.sequencer).await;
+        node.role.stop_flushing();
         Ok(())
     })
 }

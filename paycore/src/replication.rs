@@ -72,6 +72,53 @@ pub struct NodeRole {
     pub stop_following: AtomicBool,
     /// Follower tasks (aborted by a promotion).
     pub followers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The store flushers, which run on the primary only (a promotion starts them).
+    pub flushers: Mutex<Option<crate::flush::FlushHandles>>,
+    /// Starts the flushers (set by the node; taken by whoever starts them first).
+    pub start_flushers: Mutex<Option<FlushStarter>>,
+}
+
+/// Starts this node's store flushers.
+pub struct FlushStarter(pub Box<dyn FnOnce() -> Result<crate::flush::FlushHandles, String> + Send>);
+
+impl std::fmt::Debug for FlushStarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushStarter")
+    }
+}
+
+impl NodeRole {
+    /// Starts the flushers if they are not running and the node may run them.
+    pub fn start_flushing(&self, sequencer: &Sequencer) -> Result<(), String> {
+        let starter = self
+            .start_flushers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(starter) = starter else {
+            return Ok(());
+        };
+        let handles = (starter.0)()?;
+        for shard in 0..sequencer.shard_count() {
+            if let Some(flushed) = handles.flushed_sequence(shard) {
+                sequencer.add_retention_floor(shard, flushed);
+            }
+        }
+        *self.flushers.lock().unwrap_or_else(|p| p.into_inner()) = Some(handles);
+        Ok(())
+    }
+
+    /// Stops the flushers, if any run (the checkpoint says where the next start resumes).
+    pub fn stop_flushing(&self) {
+        let handles = self
+            .flushers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handles) = handles {
+            handles.stop();
+        }
+    }
 }
 
 impl NodeRole {
@@ -94,6 +141,8 @@ impl NodeRole {
                 .collect(),
             stop_following: AtomicBool::new(false),
             followers: Mutex::new(Vec::new()),
+            flushers: Mutex::new(None),
+            start_flushers: Mutex::new(None),
         }
     }
 
@@ -931,6 +980,9 @@ pub async fn promote(
     tokio::task::spawn_blocking(move || promoting.promote(epoch, Duration::from_secs(30)))
         .await
         .map_err(|e| e.to_string())??;
+    if let Err(error) = role.start_flushing(sequencer) {
+        tracing::error!(%error, "promoted, but the store flushers did not start");
+    }
     let lost_unacknowledged: u64 = behind.iter().map(|(_, have, primary)| primary - have).sum();
     tracing::warn!(epoch, ?last, "promoted: this node is now the primary");
     Ok(json!({
@@ -959,6 +1011,18 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
                 "durable_sequence": stats.durable_sequence.load(Ordering::Acquire),
                 "released_sequence": gate.released(),
             });
+            if let Some(flushers) = role
+                .flushers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let durable = stats.durable_sequence.load(Ordering::Acquire);
+                let (flushed, lag_records, lag_ms) = flushers.lag(shard, durable);
+                entry["flushed_sequence"] = json!(flushed);
+                entry["flush_lag_records"] = json!(lag_records);
+                entry["flush_lag_ms"] = json!(lag_ms);
+            }
             if state.role == Role::Primary {
                 entry["standby_connected"] = json!(gate.standby_connected());
                 entry["standby_durable_sequence"] = json!(gate.standby_durable());
@@ -997,6 +1061,14 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
     }
     if let Some(primary) = role.standby_of {
         status["standby_of"] = json!(primary.to_string());
+    }
+    if let Some(flushers) = role
+        .flushers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        status["store"] = json!(flushers.target);
     }
     status.to_string()
 }

@@ -29,12 +29,20 @@ fn args(dir: &Path, shards: u16) -> NodeArgs {
         truncate_corruption: false,
         journal_segment_mib: 64,
         metrics_listen: None,
+        store: paycore::flush::StoreArgs {
+            postgres_url: None,
+            postgres_schema: "public".into(),
+            flush_batch_records_max: 8192,
+            flush_retry_backoff_ms_max: 5_000,
+            no_flush: false,
+        },
         replication: Default::default(),
     }
 }
 
 /// Closes the node's endpoint, stops its shards and removes its folder.
 async fn shut_down(node: paycore::node::Node, dir: &Path) {
+    node.role.stop_flushing();
     node.endpoint.close(0u32.into(), b"done");
     stop_sequencer(node.sequencer).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -516,6 +524,48 @@ async fn metrics_expose_throughput_and_commit_latency() {
     assert!(commits > 0);
     assert_eq!(value("paycore_node_primary"), 1);
     assert_eq!(value("paycore_node_epoch"), 1);
+    client.close();
+    shut_down(node, &dir).await;
+}
+
+/// The node's embedded store (SQLite in the data folder) follows the journal; status shows
+/// the flushed sequence and the flush lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_follows_the_journal() {
+    let dir = data_dir("store");
+    let node = start_node(&args(&dir, 2)).await.expect("node starts");
+    let client = client(node.listen, &dir).await;
+    open_wallets(&client, 10, 1_000).await;
+    assert!(
+        dir.join("store.sqlite").exists(),
+        "the embedded store is in the data folder"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let json = client
+            .admin(paycore_protocol::AdminCommand::Status)
+            .await
+            .expect("status");
+        let status: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert!(
+            status["store"]
+                .as_str()
+                .is_some_and(|s| s.contains("sqlite")),
+            "{status}"
+        );
+        let shards = status["shards"].as_array().expect("shards");
+        if shards
+            .iter()
+            .all(|s| s["flush_lag_records"] == 0 && s["flushed_sequence"] == s["durable_sequence"])
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never caught up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.close();
     shut_down(node, &dir).await;
 }

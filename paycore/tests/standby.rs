@@ -53,6 +53,8 @@ impl NodeProcess {
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--shards", "2"])
             .args(extra)
+            // Each node flushes into its own embedded store, whatever the environment says.
+            .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.with_extension("stderr")).expect("stderr file"))
             .spawn()
@@ -428,6 +430,10 @@ async fn failover(mode: &str, max_lag_records: u64) {
     );
     let promoted: Value = serde_json::from_slice(&output.stdout).expect("promote json");
     assert_eq!(promoted["epoch"], 2);
+    assert!(
+        status(&standby).await["store"].is_string(),
+        "the promoted node flushes to its store"
+    );
     let fresh = client(&standby, 10_000).await;
     let first = fresh
         .submit(vec![transfer_command(&wallets, 1_000_000)])
