@@ -146,3 +146,17 @@ pub fn code_of_status(status: StatusCode) -> &'static str {
         _ => "error",
     }
 }
+
+/// The problem document, for the OpenAPI description (answers are built by [`ApiError::body`]).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:paycore:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable snake_case code, e.g. `insufficient_funds`, `rate_limited`, `token_expired`.
+    pub code: String,
+    pub detail: String,
+    pub request_id: Option<String>,
+}

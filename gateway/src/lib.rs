@@ -31,7 +31,9 @@
 //!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
 //!   [`events`]); a user only receives events about their own wallets.
 //!
-//! **Not built**: the OpenAPI document (no route for it).
+//! - an OpenAPI 3.1 document at `/api/v1/openapi.json`, generated (utoipa) from the same
+//!   attributes that register the REST routes, so the two cannot drift (the WebSocket and SSE
+//!   routes are described in `docs/design.md`, not in it).
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
 //! wallet route asks the core for the wallet and compares its owner (a wallet of someone else

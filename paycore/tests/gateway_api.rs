@@ -797,6 +797,41 @@ async fn operations_endpoints_answer() {
             .is_some_and(|c| c.starts_with("text/plain"))
     );
     assert!(String::from_utf8_lossy(&metrics.body).contains("route=\"/health\""));
+    // The OpenAPI document, built from the routes' own attributes.
+    let openapi = world.get("/api/v1/openapi.json", None).await;
+    assert_eq!(openapi.status, 200);
+    let openapi = openapi.json();
+    assert!(
+        openapi["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "{openapi}"
+    );
+    for (path, method) in [
+        ("/api/v1/users/register", "post"),
+        ("/api/v1/users/login", "post"),
+        ("/api/v1/users/verify-2fa", "post"),
+        ("/api/v1/users/profile", "get"),
+        ("/api/v1/users/profile", "put"),
+        ("/api/v1/users/kyc", "post"),
+        ("/api/v1/wallets", "get"),
+        ("/api/v1/wallets", "post"),
+        ("/api/v1/wallets/{id}", "get"),
+        ("/api/v1/transactions/send", "post"),
+        ("/api/v1/transactions/{id}", "get"),
+        ("/api/v1/transactions", "get"),
+        ("/api/v1/withdrawals", "post"),
+        ("/api/v1/webhooks/provider", "post"),
+        ("/api/v1/admin/wallets/{id}/freeze", "post"),
+        ("/api/v1/admin/kyc/{user_id}/approve", "post"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(openapi["components"]["schemas"]["SendRequest"].is_object());
+    assert!(openapi["components"]["securitySchemes"]["bearer"].is_object());
     // With the core gone, /ready says so (503) and money routes answer 503, never 500.
     let mut world = world;
     if let Some(mut node) = world.node.take() {

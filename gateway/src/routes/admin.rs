@@ -52,6 +52,15 @@ async fn set_frozen(
     Ok(Json(wallet_json(&view)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/wallets/{id}/freeze",
+    tag = "admin",
+    summary = "Freeze a wallet (it can still receive)",
+    params(("id" = String, Path, description = "wallet id")),
+    responses((status = 200, description = "the wallet"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn freeze(
     State(state): State<Shared>,
     admin: AuthUser,
@@ -60,6 +69,15 @@ pub async fn freeze(
     set_frozen(state, admin, id, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/wallets/{id}/unfreeze",
+    tag = "admin",
+    summary = "Unfreeze a wallet",
+    params(("id" = String, Path, description = "wallet id")),
+    responses((status = 200, description = "the wallet"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn unfreeze(
     State(state): State<Shared>,
     admin: AuthUser,
@@ -68,7 +86,7 @@ pub async fn unfreeze(
     set_frozen(state, admin, id, false).await
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Review {
     #[serde(default)]
@@ -91,6 +109,16 @@ fn valid_user(id: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::not_found("user_not_found", "no such user"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/kyc/{user_id}/approve",
+    tag = "admin",
+    summary = "Approve a pending KYC (sets the tier)",
+    request_body(content = Review, content_type = "application/json"),
+    params(("user_id" = String, Path, description = "user id (UUID)")),
+    responses((status = 200, description = "approved"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn kyc_approve(
     State(state): State<Shared>,
     admin: AuthUser,
@@ -145,6 +173,16 @@ pub async fn kyc_approve(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/kyc/{user_id}/reject",
+    tag = "admin",
+    summary = "Reject a pending KYC",
+    request_body(content = Review, content_type = "application/json"),
+    params(("user_id" = String, Path, description = "user id (UUID)")),
+    responses((status = 200, description = "rejected"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn kyc_reject(
     State(state): State<Shared>,
     admin: AuthUser,

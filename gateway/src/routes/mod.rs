@@ -13,53 +13,98 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde_json::json;
 
 use crate::Shared;
 
+/// The OpenAPI description's frame; the paths come from the routes themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "paycore gateway",
+        description = "Public REST API of paycore. Amounts are decimal strings; errors are RFC 9457 problem+json with a stable `code`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(crate::error::Problem)),
+    tags(
+        (name = "users", description = "accounts, tokens, 2FA, profile, KYC"),
+        (name = "wallets", description = "one wallet per currency"),
+        (name = "transactions", description = "sends, withdrawals, history"),
+        (name = "webhooks", description = "signed provider events"),
+        (name = "admin", description = "admin role only"),
+    )
+)]
+struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes and the OpenAPI description built from the same `#[utoipa::path]`
+/// attributes: a route cannot exist without its description, nor the other way round.
+pub fn api() -> (Router<Shared>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::register))
+        .routes(routes!(users::login))
+        .routes(routes!(users::refresh))
+        .routes(routes!(users::logout))
+        .routes(routes!(users::verify_two_factor))
+        .routes(routes!(users::enroll_two_factor))
+        .routes(routes!(users::confirm_two_factor))
+        .routes(routes!(users::get_profile, users::put_profile))
+        .routes(routes!(users::kyc_status, users::kyc_submit))
+        .routes(routes!(wallets::list_wallets, wallets::create_wallet))
+        .routes(routes!(wallets::get_wallet))
+        .routes(routes!(wallets::history))
+        .routes(routes!(wallets::send))
+        .routes(routes!(wallets::get_transaction))
+        .routes(routes!(wallets::withdraw))
+        .routes(routes!(webhooks::provider))
+        .routes(routes!(admin::freeze))
+        .routes(routes!(admin::unfreeze))
+        .routes(routes!(admin::kyc_approve))
+        .routes(routes!(admin::kyc_reject))
+        .split_for_parts()
+}
+
 pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/health", get(health))
+    let (api, description) = api();
+    let document = std::sync::Arc::new(description.to_json().unwrap_or_default());
+    api.route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/api/v1/users/register", post(users::register))
-        .route("/api/v1/users/login", post(users::login))
-        .route("/api/v1/users/refresh", post(users::refresh))
-        .route("/api/v1/users/logout", post(users::logout))
-        .route("/api/v1/users/verify-2fa", post(users::verify_two_factor))
-        .route("/api/v1/users/2fa/enroll", post(users::enroll_two_factor))
-        .route("/api/v1/users/2fa/confirm", post(users::confirm_two_factor))
         .route(
-            "/api/v1/users/profile",
-            get(users::get_profile).put(users::put_profile),
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
         )
-        .route(
-            "/api/v1/users/kyc",
-            get(users::kyc_status).post(users::kyc_submit),
-        )
-        .route(
-            "/api/v1/wallets",
-            get(wallets::list_wallets).post(wallets::create_wallet),
-        )
-        .route("/api/v1/wallets/{id}", get(wallets::get_wallet))
-        .route("/api/v1/transactions", get(wallets::history))
-        .route("/api/v1/transactions/send", post(wallets::send))
-        .route("/api/v1/transactions/{id}", get(wallets::get_transaction))
-        .route("/api/v1/withdrawals", post(wallets::withdraw))
-        .route("/api/v1/webhooks/provider", post(webhooks::provider))
         .route("/api/v1/ws", get(stream::websocket))
         .route("/api/v1/stream/notifications", get(stream::sse))
-        .route("/api/v1/admin/wallets/{id}/freeze", post(admin::freeze))
-        .route("/api/v1/admin/wallets/{id}/unfreeze", post(admin::unfreeze))
-        .route(
-            "/api/v1/admin/kyc/{user_id}/approve",
-            post(admin::kyc_approve),
-        )
-        .route(
-            "/api/v1/admin/kyc/{user_id}/reject",
-            post(admin::kyc_reject),
-        )
 }
 
 /// Liveness: the process serves HTTP.

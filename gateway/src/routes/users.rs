@@ -21,7 +21,7 @@ const PASSWORD_CHARS_MIN: usize = 8;
 const PASSWORD_BYTES_MAX: usize = 128;
 const NAME_CHARS_MAX: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Register {
     email: String,
@@ -73,6 +73,14 @@ fn profile(user: &User) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/register",
+    tag = "users",
+    summary = "Create an account",
+    request_body(content = Register, content_type = "application/json"),
+    responses((status = 201, description = "the profile"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
 pub async fn register(
     State(state): State<Shared>,
     ClientAddr(addr): ClientAddr,
@@ -119,7 +127,7 @@ pub async fn register(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     email: String,
@@ -163,6 +171,14 @@ async fn issue_tokens(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/login",
+    tag = "users",
+    summary = "Log in: tokens, or a 2FA challenge",
+    request_body(content = Login, content_type = "application/json"),
+    responses((status = 200, description = "access and refresh tokens, or {two_factor_required, challenge_token}"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
 pub async fn login(
     State(state): State<Shared>,
     body: Bytes,
@@ -246,13 +262,21 @@ fn code_invalid() -> ApiError {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyTwoFactor {
     challenge_token: String,
     code: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/verify-2fa",
+    tag = "users",
+    summary = "Redeem a 2FA login challenge with a TOTP code",
+    request_body(content = VerifyTwoFactor, content_type = "application/json"),
+    responses((status = 200, description = "access and refresh tokens"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
 pub async fn verify_two_factor(
     State(state): State<Shared>,
     body: Bytes,
@@ -284,6 +308,14 @@ pub async fn verify_two_factor(
     Ok(Json(issue_tokens(&state, &user, &family).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/2fa/enroll",
+    tag = "users",
+    summary = "Start TOTP enrolment",
+    responses((status = 200, description = "secret (base32) and otpauth URL"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn enroll_two_factor(
     State(state): State<Shared>,
     user: AuthUser,
@@ -312,12 +344,21 @@ pub async fn enroll_two_factor(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Code {
     code: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/2fa/confirm",
+    tag = "users",
+    summary = "Confirm TOTP enrolment with a code",
+    request_body(content = Code, content_type = "application/json"),
+    responses((status = 200, description = "2FA enabled"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn confirm_two_factor(
     State(state): State<Shared>,
     user: AuthUser,
@@ -349,12 +390,20 @@ pub async fn confirm_two_factor(
     Ok(Json(json!({ "two_factor_enabled": true })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Refresh {
     refresh_token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/refresh",
+    tag = "users",
+    summary = "Rotate a refresh token",
+    request_body(content = Refresh, content_type = "application/json"),
+    responses((status = 200, description = "new access and refresh tokens"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
 pub async fn refresh(
     State(state): State<Shared>,
     body: Bytes,
@@ -387,6 +436,14 @@ pub async fn refresh(
     Ok(Json(issue_tokens(&state, &user, &family).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/logout",
+    tag = "users",
+    summary = "Revoke this access token and every refresh token",
+    responses((status = 204, description = "logged out"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn logout(
     State(state): State<Shared>,
     user: AuthUser,
@@ -413,6 +470,14 @@ pub async fn current(state: &Shared, user: &AuthUser) -> Result<User, ApiError> 
         .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/profile",
+    tag = "users",
+    summary = "The caller's profile",
+    responses((status = 200, description = "the profile"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn get_profile(
     State(state): State<Shared>,
     user: AuthUser,
@@ -420,12 +485,21 @@ pub async fn get_profile(
     Ok(Json(profile(&current(&state, &user).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProfileUpdate {
     full_name: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/profile",
+    tag = "users",
+    summary = "Change the caller's name",
+    request_body(content = ProfileUpdate, content_type = "application/json"),
+    responses((status = 200, description = "the profile"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn put_profile(
     State(state): State<Shared>,
     user: AuthUser,
@@ -441,7 +515,7 @@ pub async fn put_profile(
     Ok(Json(profile(&current(&state, &user).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KycSubmit {
     document_type: String,
@@ -450,6 +524,15 @@ struct KycSubmit {
 
 const DOCUMENT_TYPES: [&str; 3] = ["passport", "id_card", "driver_license"];
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/kyc",
+    tag = "users",
+    summary = "Submit KYC",
+    request_body(content = KycSubmit, content_type = "application/json"),
+    responses((status = 202, description = "pending"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn kyc_submit(
     State(state): State<Shared>,
     user: AuthUser,
@@ -485,6 +568,14 @@ pub async fn kyc_submit(
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "pending" }))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/kyc",
+    tag = "users",
+    summary = "KYC status",
+    responses((status = 200, description = "status"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn kyc_status(
     State(state): State<Shared>,
     user: AuthUser,

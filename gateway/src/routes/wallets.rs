@@ -104,12 +104,21 @@ pub fn applied(outcome: Outcome) -> Result<Applied, ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWallet {
     currency: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/wallets",
+    tag = "wallets",
+    summary = "Open a wallet in a currency",
+    request_body(content = CreateWallet, content_type = "application/json"),
+    responses((status = 201, description = "the wallet"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn create_wallet(
     State(state): State<Shared>,
     user: AuthUser,
@@ -130,6 +139,14 @@ pub async fn create_wallet(
     Ok((StatusCode::CREATED, Json(wallet_json(&view))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wallets",
+    tag = "wallets",
+    summary = "The caller's wallets",
+    responses((status = 200, description = "{data: [wallet]}"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn list_wallets(
     State(state): State<Shared>,
     user: AuthUser,
@@ -150,6 +167,15 @@ pub async fn list_wallets(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wallets/{id}",
+    tag = "wallets",
+    summary = "One of the caller's wallets",
+    params(("id" = String, Path, description = "wallet id")),
+    responses((status = 200, description = "the wallet: balance, available, frozen"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn get_wallet(
     State(state): State<Shared>,
     user: AuthUser,
@@ -299,9 +325,9 @@ where
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Send {
+struct SendRequest {
     from_wallet_id: String,
     #[serde(default)]
     to_wallet_id: Option<String>,
@@ -314,7 +340,7 @@ struct Send {
 /// The recipient's wallet in `currency`.
 async fn recipient(
     state: &Shared,
-    request: &Send,
+    request: &SendRequest,
     currency: CurrencyCode,
 ) -> Result<WalletView, ApiError> {
     let missing = || ApiError::not_found("recipient_not_found", "no such recipient wallet");
@@ -404,6 +430,16 @@ async fn two_factor_for_amount(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/transactions/send",
+    tag = "transactions",
+    summary = "Send money to a wallet or an e-mail",
+    request_body(content = SendRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = String, Header, description = "1 to 128 visible ASCII characters; same key + same body replays"), ("X-2FA-Code" = Option<String>, Header, description = "TOTP code, above the 2FA amount")),
+    responses((status = 201, description = "the transaction"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn send(
     State(state): State<Shared>,
     user: AuthUser,
@@ -414,7 +450,7 @@ pub async fn send(
         .limiter
         .check(Scope::Send, user.id(), user.tier)
         .await?;
-    let request: Send = json(&body)?;
+    let request: SendRequest = json(&body)?;
     let currency = parse_currency(&request.currency)?;
     let from = parse_wallet_id(&request.from_wallet_id)?;
     let owner = user.id().to_owned();
@@ -473,6 +509,15 @@ pub async fn send(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/transactions/{id}",
+    tag = "transactions",
+    summary = "One transaction of the caller",
+    params(("id" = String, Path, description = "transaction id (UUID)")),
+    responses((status = 200, description = "the transaction"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn get_transaction(
     State(state): State<Shared>,
     user: AuthUser,
@@ -496,6 +541,15 @@ pub async fn get_transaction(
     Ok(Json(transaction_json(&record, Some(user.id()))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/transactions",
+    tag = "transactions",
+    summary = "The caller's history, newest first",
+    params(("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("starting_after" = Option<String>, Query, description = "id of the last transaction of the previous page")),
+    responses((status = 200, description = "{data: [transaction], has_more}"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn history(
     State(state): State<Shared>,
     user: AuthUser,
@@ -571,7 +625,7 @@ pub async fn history(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Withdraw {
     wallet_id: String,
@@ -581,6 +635,16 @@ struct Withdraw {
     destination: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/withdrawals",
+    tag = "transactions",
+    summary = "Withdraw: place a hold the provider settles",
+    request_body(content = Withdraw, content_type = "application/json"),
+    params(("Idempotency-Key" = String, Header, description = "1 to 128 visible ASCII characters; same key + same body replays")),
+    responses((status = 201, description = "the withdrawal (held)"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
 pub async fn withdraw(
     State(state): State<Shared>,
     user: AuthUser,

@@ -28,15 +28,16 @@ use crate::users::TransactionRecord;
 /// Longest provider event id, in bytes.
 const EVENT_ID_BYTES_MAX: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct Event {
     id: String,
     #[serde(rename = "type")]
     kind: String,
+    #[schema(value_type = Object)]
     data: serde_json::Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Deposit {
     wallet_id: String,
@@ -46,7 +47,7 @@ struct Deposit {
     reference: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WithdrawalUpdate {
     withdrawal_id: String,
@@ -117,6 +118,15 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", crate::auth::hex(tag.as_ref()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/provider",
+    tag = "webhooks",
+    summary = "Provider event, signed with Paycore-Signature",
+    request_body(content = Event, content_type = "application/json"),
+    params(("Paycore-Signature" = String, Header, description = "t=<unix s>,v1=<hex HMAC-SHA256 of t.body>")),
+    responses((status = 200, description = "received"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
 pub async fn provider(
     State(state): State<Shared>,
     headers: HeaderMap,
