@@ -5,7 +5,8 @@
 //! Server events (the seed's names): `balance.updated` (a wallet's balances after a change),
 //! `transaction.sent` / `transaction.received` (a movement, to each side's owner),
 //! `notification` (wallet frozen / unfrozen, a cross-shard transfer settled or bounced),
-//! `kyc.status` (a KYC review). A user only ever receives events about their own wallets.
+//! `kyc.status` (a tier change, i.e. an approved KYC, from the core; a rejection only from the
+//! gateway that reviewed it). A user only ever receives events about their own wallets.
 //! Delivery is best effort: a connection that falls behind by more than the channel holds
 //! misses events (it is told with a `notification` of type `events.lagged`).
 
@@ -260,6 +261,16 @@ async fn handle(state: &Shared, wallets: &mut HashMap<WalletId, WalletInfo>, eve
                     data: json!({"type": "transaction.settled", "id": id, "status": text}),
                 });
             }
+        }
+        Event::TierChanged { user, tier } if user != UserId::SYSTEM => {
+            // Every gateway sees this one (a KYC approval sets the tier), so every stream of
+            // the user hears of it.
+            state.events.publish(Notification {
+                user,
+                kind: "kyc.status",
+                wallet: None,
+                data: json!({"status": "approved", "tier": crate::users::tier_name(tier)}),
+            });
         }
         Event::WalletStatusChanged {
             wallet,

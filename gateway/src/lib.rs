@@ -360,6 +360,17 @@ async fn register_currencies(state: Shared) {
     }
 }
 
+/// Every 10 minutes, deletes store rows that no longer matter (see `Store::sweep`).
+async fn sweep(state: Shared) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        match state.store.sweep(time::now_ms()).await {
+            Ok(deleted) => tracing::debug!(deleted, "store swept"),
+            Err(error) => tracing::warn!(%error, "store sweep failed"),
+        }
+    }
+}
+
 /// The whole HTTP application.
 pub fn router(state: Shared) -> Router {
     routes::routes()
@@ -377,6 +388,7 @@ pub async fn start_with(state: Shared) -> Result<Gateway, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(register_currencies(state.clone()));
     tokio::spawn(events::follow(state.clone()));
+    tokio::spawn(sweep(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
@@ -445,9 +457,17 @@ pub fn run(args: GatewayArgs) -> Result<(), String> {
     })
 }
 
-/// Starts a gateway on its own thread and runtime (for `paycore up`); returns once it
-/// listens, or the reason it could not.
-pub fn spawn_gateway(args: GatewayArgs) -> Result<std::thread::JoinHandle<()>, String> {
+/// A gateway serving on its own thread (see [`spawn_gateway`]).
+#[derive(Debug)]
+pub struct SpawnedGateway {
+    pub addr: SocketAddr,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts a gateway on its own thread and runtime (for `paycore up`, whose node owns the main
+/// thread's runtime); returns once it listens, or the reason it could not. It serves until
+/// the process exits.
+pub fn spawn_gateway(args: GatewayArgs) -> Result<SpawnedGateway, String> {
     let (ready, listening) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("paycore-gateway".into())
@@ -462,8 +482,7 @@ pub fn spawn_gateway(args: GatewayArgs) -> Result<std::thread::JoinHandle<()>, S
             runtime.block_on(async move {
                 match start(args).await {
                     Ok(gateway) => {
-                        println!("paycore gateway: http://{}", gateway.addr);
-                        let _ = ready.send(Ok(()));
+                        let _ = ready.send(Ok(gateway.addr));
                         std::future::pending::<()>().await;
                     }
                     Err(error) => {
@@ -473,10 +492,10 @@ pub fn spawn_gateway(args: GatewayArgs) -> Result<std::thread::JoinHandle<()>, S
             });
         })
         .map_err(|e| e.to_string())?;
-    listening
+    let addr = listening
         .recv()
         .map_err(|_| "gateway thread ended".to_string())??;
-    Ok(thread)
+    Ok(SpawnedGateway { addr, thread })
 }
 
 async fn wait_for_signal() {
@@ -524,7 +543,19 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let handled = std::panic::AssertUnwindSafe(REQUEST_ID.scope(id.clone(), next.run(request)));
+    let mut response = match futures_util::FutureExt::catch_unwind(handled).await {
+        Ok(response) => response,
+        // A bug: answer 500 with a problem (and log it) instead of dropping the connection.
+        Err(_) => {
+            REQUEST_ID
+                .scope(id.clone(), async {
+                    ApiError::internal(format!("handler panicked on {method} {route}"))
+                        .into_response()
+                })
+                .await
+        }
+    };
     let status = response.status();
     let is_problem = response
         .headers()

@@ -46,6 +46,26 @@ pub fn verify(secret: &[u8], text: &str, now: i64) -> bool {
         .any(|s| code(secret, s, DIGITS) == given)
 }
 
+/// The time step `text` is the code of at `now` (one step either side), if any.
+pub fn matching_step(secret: &[u8], text: &str, now: i64) -> Option<i64> {
+    let text = text.trim();
+    if text.len() != DIGITS as usize || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let given = text.parse::<u32>().ok()?;
+    let step = now.div_euclid(STEP_SECS);
+    (step - 1..=step + 1)
+        .find(|s| u64::try_from(*s).is_ok_and(|counter| code(secret, counter, DIGITS) == given))
+}
+
+/// The code of time step `step`, as the six digits an app shows.
+pub fn code_at(secret: &[u8], step: i64) -> String {
+    format!(
+        "{:06}",
+        code(secret, u64::try_from(step).unwrap_or(0), DIGITS)
+    )
+}
+
 /// The current code (tests and tools use it).
 pub fn current(secret: &[u8], now: i64) -> String {
     let step = u64::try_from(now.div_euclid(STEP_SECS)).unwrap_or(0);

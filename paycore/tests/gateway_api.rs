@@ -901,7 +901,9 @@ async fn two_factor_guards_login_and_large_transfers() {
             (401, "two_factor_code_invalid")
         );
     }
-    let code = paycore_gateway::totp::current(&secret, now());
+    // Each code works once: three distinct steps inside the server's ±1 window.
+    let s0 = now() / 30;
+    let code = paycore_gateway::totp::code_at(&secret, s0);
     let confirmed = world
         .post(
             "/api/v1/users/2fa/confirm",
@@ -940,7 +942,7 @@ async fn two_factor_guards_login_and_large_transfers() {
         (bad.status, bad.code().as_str()),
         (401, "two_factor_code_invalid")
     );
-    let code = paycore_gateway::totp::current(&secret, now());
+    let code = paycore_gateway::totp::code_at(&secret, s0 + 1);
     let verified = world
         .post(
             "/api/v1/users/verify-2fa",
@@ -949,6 +951,18 @@ async fn two_factor_guards_login_and_large_transfers() {
         )
         .await;
     assert_eq!(verified.status, 200, "{}", verified.text());
+    // The same code again (a replay) is refused.
+    let replayed = world
+        .post(
+            "/api/v1/users/verify-2fa",
+            None,
+            &json!({"challenge_token": challenge, "code": code}),
+        )
+        .await;
+    assert_eq!(
+        (replayed.status, replayed.code().as_str()),
+        (401, "two_factor_code_invalid")
+    );
     let lara = verified.json()["access_token"]
         .as_str()
         .expect("token")
@@ -960,7 +974,8 @@ async fn two_factor_guards_login_and_large_transfers() {
         (missing.status, missing.code().as_str()),
         (401, "two_factor_code_required")
     );
-    let code = paycore_gateway::totp::current(&secret, now());
+    let third = if now() / 30 == s0 { s0 - 1 } else { s0 + 2 };
+    let code = paycore_gateway::totp::code_at(&secret, third);
     let body = big.to_string();
     let sent = world
         .call(
@@ -1037,5 +1052,20 @@ async fn rate_limits_are_shared_by_gateways_through_redis() {
         assert!(limited.header("retry-after").is_some());
     }
     second.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_gateway_serves_on_its_own_thread() {
+    // What `paycore up` uses: a gateway with its own runtime beside the node's.
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let mut args = world.gateway.as_ref().expect("gateway").state.args.clone();
+    args.listen = "127.0.0.1:0".parse().expect("addr");
+    let spawned = tokio::task::spawn_blocking(move || paycore_gateway::spawn_gateway(args))
+        .await
+        .expect("join")
+        .expect("spawned gateway");
+    let health = gateway_support::call_at(spawned.addr, "GET", "/health", None, &[], None).await;
+    assert_eq!(health.status, 200, "{}", health.text());
     world.stop().await;
 }

@@ -16,7 +16,8 @@ use crate::routes::wallets::{applied, engine_user, parse_wallet_id, wallet_json,
 use crate::time::now_ms;
 use crate::users::{parse_tier, tier_name};
 
-/// Tells the user's open streams (on this gateway) about the review.
+/// Tells the user's open streams on this gateway about a rejection (an approval changes the
+/// tier in the core, whose event every gateway relays).
 fn publish_kyc(state: &Shared, user_id: &str, data: serde_json::Value) {
     state.events.publish(crate::events::Notification {
         user: engine_user(user_id),
@@ -163,11 +164,7 @@ pub async fn kyc_approve(
         .set_tier(&user_id, tier, now_ms())
         .await
         .map_err(store_error)?;
-    publish_kyc(
-        &state,
-        &user_id,
-        json!({"status": "approved", "tier": tier_name(tier)}),
-    );
+    // kyc.status reaches the user's streams from the core's tier_changed event.
     Ok(Json(
         json!({ "user_id": user_id, "status": "approved", "tier": tier_name(tier) }),
     ))

@@ -127,8 +127,20 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
     let mut events = state.events.subscribe();
     let mut wallets: HashSet<WalletId> = HashSet::new();
     let mut transactions = false;
+    let expiry = token_expiry(&user);
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(expiry) => {
+                // The token this stream was opened with is no longer valid: close, the client
+                // reconnects with a fresh one.
+                let _ = socket
+                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: 4001,
+                        reason: "access token expired".into(),
+                    })))
+                    .await;
+                break;
+            }
             message = socket.recv() => {
                 let reply = match message {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -160,6 +172,16 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             }
         }
     }
+}
+
+/// When the stream's access token expires, as a tokio instant.
+fn token_expiry(user: &AuthUser) -> tokio::time::Instant {
+    let left = user
+        .claims
+        .exp
+        .saturating_sub(crate::time::now_secs())
+        .max(0);
+    tokio::time::Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
 }
 
 fn wanted(n: &Notification, wallets: &HashSet<WalletId>, transactions: bool) -> bool {
@@ -235,10 +257,16 @@ pub async fn sse(
     let me = user.engine_user();
     let open = Open::new(state.metrics.clone(), false);
     let receiver = state.events.subscribe();
+    let expiry = token_expiry(&user);
     let stream =
         futures_util::stream::unfold((receiver, open), move |(mut receiver, open)| async move {
             loop {
-                let event = match receiver.recv().await {
+                // The stream ends when its access token expires; the client reconnects.
+                let received = tokio::select! {
+                    () = tokio::time::sleep_until(expiry) => return None,
+                    received = receiver.recv() => received,
+                };
+                let event = match received {
                     Ok(n) if n.user == me => {
                         SseEvent::default().event(n.kind).data(n.data.to_string())
                     }

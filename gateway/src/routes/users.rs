@@ -243,15 +243,23 @@ fn sealer(state: &Shared) -> Result<&crate::totp::SecretBox, ApiError> {
     })
 }
 
-/// Whether `code` is the user's current TOTP code; false without an enabled secret.
-pub fn check_code(state: &Shared, user: &User, code: &str) -> Result<bool, ApiError> {
+/// Whether `code` is the user's current TOTP code, not used before (a code works once);
+/// false without a secret.
+pub async fn check_code(state: &Shared, user: &User, code: &str) -> Result<bool, ApiError> {
     let Some(sealed) = user.totp_secret.as_deref() else {
         return Ok(false);
     };
     let secret = sealer(state)?
         .open(sealed)
         .ok_or_else(|| ApiError::internal("a TOTP secret does not open with the configured key"))?;
-    Ok(crate::totp::verify(&secret, code, now_secs()))
+    let Some(step) = crate::totp::matching_step(&secret, code, now_secs()) else {
+        return Ok(false);
+    };
+    state
+        .store
+        .use_totp_step(&user.id, step)
+        .await
+        .map_err(store_error)
 }
 
 fn code_invalid() -> ApiError {
@@ -301,7 +309,7 @@ pub async fn verify_two_factor(
         .map_err(store_error)?
         .filter(|u| u.totp_enabled)
         .ok_or_else(|| ApiError::unauthorized("no 2FA login pending for this account"))?;
-    if !check_code(&state, &user, &request.code)? {
+    if !check_code(&state, &user, &request.code).await? {
         return Err(code_invalid());
     }
     let family = auth::random_uuid().to_string();
@@ -379,7 +387,7 @@ pub async fn confirm_two_factor(
             "enroll first",
         ));
     }
-    if !check_code(&state, &account, &request.code)? {
+    if !check_code(&state, &account, &request.code).await? {
         return Err(code_invalid());
     }
     state

@@ -420,7 +420,7 @@ async fn two_factor_for_amount(
                 "this amount needs the X-2FA-Code header",
             )
         })?;
-    if !crate::routes::users::check_code(state, &account, code)? {
+    if !crate::routes::users::check_code(state, &account, code).await? {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "two_factor_code_invalid",

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS transactions (
     currency TEXT NOT NULL, status TEXT NOT NULL, reference TEXT, created_at BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS transactions_from ON transactions(from_user, seq);
 CREATE INDEX IF NOT EXISTS transactions_to ON transactions(to_user, seq);
+CREATE TABLE IF NOT EXISTS totp_used (
+    user_id TEXT NOT NULL, step BIGINT NOT NULL, PRIMARY KEY (user_id, step));
 CREATE TABLE IF NOT EXISTS http_idempotency (
     user_id TEXT NOT NULL, idem_key TEXT NOT NULL, request_hash TEXT NOT NULL,
     state TEXT NOT NULL, status BIGINT, body TEXT, created_at BIGINT NOT NULL,
@@ -201,6 +203,11 @@ fn transaction_of(row: &Row) -> Result<(TransactionRecord, i64), StoreError> {
         int(row, 11)?,
     ))
 }
+
+/// Longest a request may hold its idempotency claim before another may take it over, in ms.
+pub const IDEMPOTENCY_RUNNING_MS_MAX: i64 = 60_000;
+/// How long answers are kept for replay, in ms (the seed's 24 h).
+pub const IDEMPOTENCY_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// What an `Idempotency-Key` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,6 +643,24 @@ impl Store {
             return Ok(IdempotencyBegin::Mismatch);
         }
         if text(row, 1)? != "done" {
+            // A claim older than any request can run is a gateway that died mid-request: take
+            // it over (the core's own key makes running the command again safe).
+            let taken = self
+                .db
+                .execute(
+                    "UPDATE http_idempotency SET created_at = ?3 WHERE user_id = ?1 \
+                     AND idem_key = ?2 AND state = 'running' AND created_at < ?4",
+                    vec![
+                        user_id.into(),
+                        key.into(),
+                        now.into(),
+                        (now - IDEMPOTENCY_RUNNING_MS_MAX).into(),
+                    ],
+                )
+                .await?;
+            if taken > 0 {
+                return Ok(IdempotencyBegin::Started);
+            }
             return Ok(IdempotencyBegin::Running);
         }
         Ok(IdempotencyBegin::Replay {
@@ -666,6 +691,44 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Records that `user_id` used the TOTP code of `step`; false if it was used already (a
+    /// replayed code).
+    pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
+        match self
+            .db
+            .execute(
+                "INSERT INTO totp_used (user_id, step) VALUES (?1, ?2)",
+                vec![user_id.into(), step.into()],
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Duplicate) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes what no longer matters at `now`: idempotency records past 24 h, expired
+    /// revocations and refresh tokens, used TOTP steps past their window. Rows deleted.
+    pub async fn sweep(&self, now: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for (sql, before) in [
+            (
+                "DELETE FROM http_idempotency WHERE created_at < ?1",
+                now - IDEMPOTENCY_KEPT_MS,
+            ),
+            ("DELETE FROM revoked_tokens WHERE expires_at < ?1", now),
+            ("DELETE FROM refresh_tokens WHERE expires_at < ?1", now),
+            (
+                "DELETE FROM totp_used WHERE step < ?1",
+                now / 1000 / crate::totp::STEP_SECS - 4,
+            ),
+        ] {
+            deleted += self.db.execute(sql, vec![before.into()]).await?;
+        }
+        Ok(deleted)
+    }
+
     /// Forgets a key whose request failed before reaching a decision (the client may retry).
     pub async fn idempotency_abort(&self, user_id: &str, key: &str) -> Result<(), StoreError> {
         self.db
@@ -675,5 +738,128 @@ impl Store {
             )
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(label: &str) -> (Store, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("paycore-gw-store-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::sqlite(&dir.join("store.sqlite"))
+            .await
+            .expect("sqlite store");
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn idempotency_claims_replay_refuse_and_expire() {
+        let (store, dir) = store("idem").await;
+        let begin = |key: &'static str, hash: &'static str, now: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .idempotency_begin("u1", key, hash, now)
+                    .await
+                    .expect("begin")
+            }
+        };
+        assert_eq!(begin("k", "h1", 1_000).await, IdempotencyBegin::Started);
+        assert_eq!(begin("k", "h1", 1_001).await, IdempotencyBegin::Running);
+        assert_eq!(begin("k", "h2", 1_001).await, IdempotencyBegin::Mismatch);
+        // Another user's identical key is theirs.
+        assert_eq!(
+            store
+                .idempotency_begin("u2", "k", "h1", 1_001)
+                .await
+                .expect("begin"),
+            IdempotencyBegin::Started
+        );
+        store
+            .idempotency_finish("u1", "k", 201, "{\"id\":1}")
+            .await
+            .expect("finish");
+        assert_eq!(
+            begin("k", "h1", 1_002).await,
+            IdempotencyBegin::Replay {
+                status: 201,
+                body: "{\"id\":1}".into()
+            }
+        );
+        // A claim left running by a dead gateway is taken over once it is old enough.
+        assert_eq!(begin("stale", "h", 0).await, IdempotencyBegin::Started);
+        assert_eq!(begin("stale", "h", 10).await, IdempotencyBegin::Running);
+        let later = IDEMPOTENCY_RUNNING_MS_MAX + 1;
+        assert_eq!(begin("stale", "h", later).await, IdempotencyBegin::Started);
+        assert_eq!(
+            begin("stale", "h", later + 1).await,
+            IdempotencyBegin::Running
+        );
+        // Aborted keys run again; swept ones too.
+        store.idempotency_abort("u1", "stale").await.expect("abort");
+        assert_eq!(
+            begin("stale", "h", later + 2).await,
+            IdempotencyBegin::Started
+        );
+        assert!(
+            store
+                .sweep(IDEMPOTENCY_KEPT_MS + later + 10)
+                .await
+                .expect("sweep")
+                >= 3
+        );
+        assert_eq!(
+            begin("k", "h2", IDEMPOTENCY_KEPT_MS + later + 11).await,
+            IdempotencyBegin::Started
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_rotate_once_and_totp_steps_work_once() {
+        let (store, dir) = store("refresh").await;
+        store
+            .insert_refresh("t1", "u1", "f1", 10_000, 0)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.use_refresh("t1", 1).await.expect("use"),
+            RefreshUse::Rotated {
+                user_id: "u1".into(),
+                family: "f1".into()
+            }
+        );
+        store
+            .insert_refresh("t2", "u1", "f1", 10_000, 1)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.use_refresh("t1", 2).await.expect("use"),
+            RefreshUse::Reused
+        );
+        // The reuse revoked the family: the newer token is dead too.
+        assert_eq!(
+            store.use_refresh("t2", 3).await.expect("use"),
+            RefreshUse::Invalid
+        );
+        assert_eq!(
+            store.use_refresh("nope", 3).await.expect("use"),
+            RefreshUse::Invalid
+        );
+        store
+            .insert_refresh("t3", "u1", "f2", 10, 0)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.use_refresh("t3", 10).await.expect("use"),
+            RefreshUse::Invalid
+        );
+        assert!(store.use_totp_step("u1", 5).await.expect("step"));
+        assert!(!store.use_totp_step("u1", 5).await.expect("step"));
+        assert!(store.use_totp_step("u2", 5).await.expect("step"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
