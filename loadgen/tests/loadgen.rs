@@ -7,20 +7,11 @@ use paycore::node::{NodeArgs, start_node, stop_sequencer};
 use paycore_loadgen::{Config, Mode, Summary, run};
 
 fn args(dir: &Path) -> NodeArgs {
-    NodeArgs {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        shards: Some(2),
-        durability: "fsync".into(),
-        ring_requests_max: 1024,
-        batch_commands_max: 8192,
-        snapshot_every_records: 1_000_000,
-        snapshot_every_secs: 3600,
-        cert: None,
-        key: None,
-        ca: None,
-        truncate_corruption: false,
-    }
+    let mut args = NodeArgs::local(dir);
+    args.shards = Some(2);
+    args.snapshot_every_records = 1_000_000;
+    args.snapshot_every_secs = 3600;
+    args
 }
 
 fn data_dir(label: &str) -> PathBuf {
@@ -72,7 +63,7 @@ fn check(summary: &Summary, json: &Path, svg: &Path) {
 
 async fn load(mode: Mode, label: &str) {
     let dir = data_dir(label);
-    let node = start_node(&args(&dir)).expect("node starts");
+    let node = start_node(&args(&dir)).await.expect("node starts");
     let mut config = Config::new(node.listen, node.trust_path.clone());
     config.wallets = 200;
     config.deposit = 1_000_000;
@@ -122,6 +113,7 @@ async fn load(mode: Mode, label: &str) {
     assert!(second.conservation.holds);
 
     node.endpoint.close(0u32.into(), b"done");
+    node.role.stop_flushing();
     stop_sequencer(node.sequencer).await;
     let _ = std::fs::remove_dir_all(dir);
 }

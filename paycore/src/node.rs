@@ -96,6 +96,24 @@ pub struct NodeArgs {
     pub store: crate::flush::StoreArgs,
 }
 
+impl NodeArgs {
+    /// Every default, for `data_dir`, listening on a free loopback port, with the embedded
+    /// store (whatever `DATABASE_URL` says): what tests and embedders start from.
+    pub fn local(data_dir: &Path) -> NodeArgs {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let mut args = Defaults::parse_from(["paycore"]).node;
+        args.data_dir = data_dir.to_path_buf();
+        args.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        args.store.postgres_url = None;
+        args
+    }
+}
+
 /// Hot standby: which node this one follows, and how a primary waits for its standby.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ReplicationArgs {

@@ -14,30 +14,11 @@ use paycore_engine::{
 use paycore_protocol::{CommandResult, Query, QueryResult};
 
 fn args(dir: &Path, shards: u16) -> NodeArgs {
-    NodeArgs {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        shards: Some(shards),
-        durability: "fsync".into(),
-        ring_requests_max: 1024,
-        batch_commands_max: 8192,
-        snapshot_every_records: 1_000_000,
-        snapshot_every_secs: 3600,
-        cert: None,
-        key: None,
-        ca: None,
-        truncate_corruption: false,
-        journal_segment_mib: 64,
-        metrics_listen: None,
-        store: paycore::flush::StoreArgs {
-            postgres_url: None,
-            postgres_schema: "public".into(),
-            flush_batch_records_max: 8192,
-            flush_retry_backoff_ms_max: 5_000,
-            no_flush: false,
-        },
-        replication: Default::default(),
-    }
+    let mut args = NodeArgs::local(dir);
+    args.shards = Some(shards);
+    args.snapshot_every_records = 1_000_000;
+    args.snapshot_every_secs = 3600;
+    args
 }
 
 /// Closes the node's endpoint, stops its shards and removes its folder.
