@@ -1069,3 +1069,75 @@ async fn spawned_gateway_serves_on_its_own_thread() {
     assert_eq!(health.status, 200, "{}", health.text());
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_sends_settle_from_pending_to_completed() {
+    let world = World::start_sharded(StoreKind::Sqlite, 2, |_| {}).await;
+    // Users land on shards by their id: make users until two wallets sit on different shards.
+    let mut wallets: Vec<(String, String, u64)> = Vec::new();
+    for i in 0..16 {
+        let (token, _) = world.user(&format!("shard-{i}@example.com")).await;
+        let wallet = world.wallet(&token, "USD").await;
+        let shard = wallet.parse::<u64>().expect("wallet id") >> 48;
+        wallets.push((token, wallet, shard));
+        if wallets.iter().any(|w| w.2 == 0) && wallets.iter().any(|w| w.2 == 1) {
+            break;
+        }
+    }
+    let from = wallets
+        .iter()
+        .find(|w| w.2 == 0)
+        .expect("a wallet on shard 0");
+    let to = wallets
+        .iter()
+        .find(|w| w.2 == 1)
+        .expect("a wallet on shard 1");
+    assert_eq!(world.deposit(&from.1, "10.00", "USD").await.status, 200);
+    let sent = world
+        .send(
+            &from.0,
+            "x-1",
+            &json!({"from_wallet_id": from.1, "to_wallet_id": to.1, "amount": "4.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    assert_eq!(sent.json()["status"], "pending");
+    let id = sent.json()["id"].as_str().expect("id").to_owned();
+    // The settlement event (from the core's subscription) completes the history row.
+    let mut status = String::new();
+    for _ in 0..100 {
+        let record = world
+            .get(&format!("/api/v1/transactions/{id}"), Some(&from.0))
+            .await
+            .json();
+        status = record["status"].as_str().unwrap_or("").to_owned();
+        if status == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "completed");
+    assert_eq!(world.balance(&to.0, &to.1).await, "4.00");
+    assert_eq!(world.balance(&from.0, &from.1).await, "6.00");
+    world.stop().await;
+}
+
+#[test]
+fn the_binary_has_a_gateway_subcommand() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["gateway", "--help"])
+        .output()
+        .expect("paycore gateway --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--core",
+        "--trust",
+        "--listen",
+        "--postgres-url",
+        "--redis-url",
+        "--totp-key",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}

@@ -61,25 +61,22 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    pub fn start(dir: &Path) -> NodeProcess {
+    pub fn start(dir: &Path, shards: u16) -> NodeProcess {
         // A free UDP port: bind, read it, let go (the node binds it right after).
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .expect("free port")
             .port();
         let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        std::fs::create_dir_all(dir).expect("node folder");
+        // The node's log, for a failing test to show.
+        let log = std::fs::File::create(dir.with_extension("node.log")).expect("node log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paycore"))
-            .args([
-                "node",
-                "--shards",
-                "1",
-                "--listen",
-                &listen.to_string(),
-                "--data-dir",
-            ])
+            .args(["node", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
+            .args(["--shards", &shards.to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("paycore node");
         NodeProcess {
@@ -123,9 +120,18 @@ pub async fn postgres_available() -> bool {
 impl World {
     /// Starts a node and a gateway; `configure` may change the gateway's settings.
     pub async fn start(store: StoreKind, configure: impl FnOnce(&mut GatewayArgs)) -> World {
+        World::start_sharded(store, 1, configure).await
+    }
+
+    /// Like [`World::start`], with a node of `shards` shards.
+    pub async fn start_sharded(
+        store: StoreKind,
+        shards: u16,
+        configure: impl FnOnce(&mut GatewayArgs),
+    ) -> World {
         let dir = std::env::temp_dir().join(unique("paycore-gw"));
         let _ = std::fs::remove_dir_all(&dir);
-        let node = NodeProcess::start(&dir);
+        let node = NodeProcess::start(&dir, shards);
         let mut args = GatewayArgs::defaults(
             node.listen,
             node.trust.display().to_string(),
@@ -160,8 +166,10 @@ impl World {
 
     /// Waits until `/ready` says the core and store answer, and the currencies are registered.
     async fn wait_ready(&self) {
+        let mut last = String::new();
         for _ in 0..600 {
             let response = self.call("GET", "/ready", None, &[], None).await;
+            last = response.text();
             if response.status == 200 {
                 // Currencies register in the background right after start.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -169,7 +177,8 @@ impl World {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("gateway never became ready");
+        let log = std::fs::read_to_string(self.dir.with_extension("node.log")).unwrap_or_default();
+        panic!("gateway never became ready: {last}\nnode log:\n{log}");
     }
 
     pub async fn stop(mut self) {
@@ -185,6 +194,7 @@ impl World {
                 .expect("drop schema");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("node.log"));
     }
 
     /// One HTTP request; `token` becomes a bearer token, `body` is sent as given.
