@@ -568,9 +568,19 @@ async fn link_cut_and_restart(mode: &str) {
     let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
     loading.await.expect("load");
     wait_caught_up(&primary, &standby).await;
-    let primary_status = status(&primary).await;
-    for shard in primary_status["shards"].as_array().expect("shards") {
-        assert_eq!(shard["standby_lag_records"], 0);
+    // The primary hears the standby's last acknowledgement shortly after the standby applied.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let primary_status = status(&primary).await;
+        let shards = primary_status["shards"].as_array().expect("shards").clone();
+        if shards.iter().all(|s| s["standby_lag_records"] == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never acknowledged: {primary_status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     writer.close();
     drop((standby, primary));
