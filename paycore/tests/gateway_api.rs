@@ -1141,3 +1141,44 @@ fn the_binary_has_a_gateway_subcommand() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_lost_are_reopened() {
+    if !postgres_available().await {
+        return;
+    }
+    let world = World::start(StoreKind::Postgres, |_| {}).await;
+    let (olga, _) = world.user("olga@example.com").await;
+    let schema = world.schema.clone().expect("schema");
+    // An operator ends every connection of this gateway (and only this one's).
+    let admin = paycore_gateway::users::postgres::Postgres::connect_n(
+        &gateway_support::database_url(),
+        None,
+        1,
+    )
+    .await
+    .expect("admin connection");
+    use paycore_gateway::users::Backend as _;
+    let name = paycore_gateway::users::postgres::application_name(Some(&schema));
+    let ended = admin
+        .query(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = ?1) ended",
+            vec![name.into()],
+        )
+        .await
+        .expect("terminate");
+    let ended = ended[0][0].int().expect("count");
+    assert_eq!(ended, paycore_gateway::users::postgres::CONNECTIONS as i64);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(world.get("/api/v1/users/profile", Some(&olga)).await.status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses[10..].iter().all(|s| *s == 200), "{statuses:?}");
+    world.stop().await;
+}

@@ -1,6 +1,8 @@
 //! PostgreSQL through `tokio-postgres`: a few pipelined connections used round-robin (one
 //! connection would serialise every commit behind the previous one's fsync), each with its
-//! prepared statements cached, optionally inside a schema of its own (tests use one each).
+//! prepared statements cached, optionally inside a schema of its own (tests use one each). A
+//! connection found closed (the server restarted, an admin ended it) is opened again on its
+//! next use; the request that met the closed one answers 503 and may be retried.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +23,9 @@ struct Connection {
 
 #[derive(Debug, Clone)]
 pub struct Postgres {
-    connections: Arc<Vec<Connection>>,
+    url: String,
+    schema: Option<String>,
+    slots: Arc<Vec<Mutex<Arc<Connection>>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -33,6 +37,10 @@ fn error(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Unavailable(e.to_string());
     }
     match e.as_db_error() {
+        // Connection exceptions (08) and operator intervention (57P: shutdown, terminated).
+        Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57P") => {
+            StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
+        }
         Some(db) => StoreError::Other(format!("{}: {}", db.code().code(), db.message())),
         None => StoreError::Unavailable(e.to_string()),
     }
@@ -52,8 +60,22 @@ fn boxed(params: &[Val]) -> Vec<Box<dyn ToSql + Sync + Send>> {
         .collect()
 }
 
+/// `application_name` of the store's connections (with the schema, when there is one).
+pub fn application_name(schema: Option<&str>) -> String {
+    match schema {
+        Some(schema) => format!("paycore-gateway:{schema}"),
+        None => "paycore-gateway".into(),
+    }
+}
+
 async fn open(url: &str, schema: Option<&str>) -> Result<Connection, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Other(format!("--postgres-url: {e}")))?;
+    config.application_name(application_name(schema));
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     tokio::spawn(async move {
@@ -94,19 +116,36 @@ impl Postgres {
         schema: Option<&str>,
         count: usize,
     ) -> Result<Postgres, StoreError> {
-        let mut connections = Vec::with_capacity(count);
+        let mut slots = Vec::with_capacity(count);
         for _ in 0..count.max(1) {
-            connections.push(open(url, schema).await?);
+            slots.push(Mutex::new(Arc::new(open(url, schema).await?)));
         }
         Ok(Postgres {
-            connections: Arc::new(connections),
+            url: url.to_owned(),
+            schema: schema.map(str::to_owned),
+            slots: Arc::new(slots),
             next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    fn connection(&self) -> &Connection {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        &self.connections[i]
+    /// The next connection, reopened first if it was closed.
+    async fn connection(&self) -> Result<Arc<Connection>, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.slot(i).await
+    }
+
+    async fn slot(&self, i: usize) -> Result<Arc<Connection>, StoreError> {
+        let current = self.slots[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !current.client.is_closed() {
+            return Ok(current);
+        }
+        tracing::info!(slot = i, "postgres connection closed; reconnecting");
+        let fresh = Arc::new(open(&self.url, self.schema.as_deref()).await?);
+        *self.slots[i].lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        Ok(fresh)
     }
 }
 
@@ -141,7 +180,7 @@ impl Backend for Postgres {
         params: Vec<Val>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let connection = self.connection();
+            let connection = self.connection().await?;
             let statement = connection.statement(sql).await?;
             let params = boxed(&params);
             let refs: Vec<&(dyn ToSql + Sync)> = params
@@ -162,7 +201,7 @@ impl Backend for Postgres {
         params: Vec<Val>,
     ) -> BoxFuture<'a, Result<Vec<Row>, StoreError>> {
         Box::pin(async move {
-            let connection = self.connection();
+            let connection = self.connection().await?;
             let statement = connection.statement(sql).await?;
             let params = boxed(&params);
             let refs: Vec<&(dyn ToSql + Sync)> = params
@@ -202,7 +241,8 @@ impl Backend for Postgres {
     fn batch<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         // Schema statements run on the first connection (the others see the result).
         Box::pin(async move {
-            self.connections[0]
+            self.slot(0)
+                .await?
                 .client
                 .batch_execute(sql)
                 .await
