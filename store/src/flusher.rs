@@ -303,6 +303,37 @@ pub fn run(
     status: &FlushStatus,
     stop: &AtomicBool,
 ) -> Result<(), FlushError> {
+    let mut restarts = 0;
+    loop {
+        match run_from_checkpoint(config, status, stop) {
+            // The store went back (restored from a backup, or it lost commits it had
+            // acknowledged): everything after its checkpoint is written again, from the journal.
+            Err(FlushError::Store(StoreError::CheckpointMoved {
+                shard,
+                expected,
+                found,
+            })) if found.unwrap_or(0) < expected && restarts < REWIND_RESTARTS_MAX => {
+                restarts += 1;
+                tracing::warn!(
+                    shard,
+                    expected,
+                    found = found.unwrap_or(0),
+                    "the store's checkpoint went back; resuming from it"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Times in a row a flusher restarts after its store's checkpoint went back.
+const REWIND_RESTARTS_MAX: u32 = 16;
+
+fn run_from_checkpoint(
+    config: &FlusherConfig,
+    status: &FlushStatus,
+    stop: &AtomicBool,
+) -> Result<(), FlushError> {
     let batch_records_max = config.batch_records_max.clamp(1, BATCH_RECORDS_LIMIT);
     let shard_id = config.engine_config.shard;
     let mut shard = Shard {
