@@ -167,7 +167,8 @@ impl World {
     /// Waits until `/ready` says the core and store answer, and the currencies are registered.
     async fn wait_ready(&self) {
         let mut last = String::new();
-        for _ in 0..600 {
+        // Up to 120 s: a debug node preallocating its journal on a loaded machine is slow.
+        for _ in 0..2400 {
             let response = self.call("GET", "/ready", None, &[], None).await;
             last = response.text();
             if response.status == 200 {
