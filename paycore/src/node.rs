@@ -380,7 +380,10 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
             Some(crate::replication::FlushStarter(Box::new(move || {
                 crate::flush::start_flushers(&data_dir, &engine, watermarks, &store, false)
             })));
-        if !standby {
+        // The embedded SQLite store belongs to this node's folder: a standby keeps its own
+        // current too (ready when promoted, and its retention waits for it). A shared
+        // PostgreSQL store is written by the primary only.
+        if !standby || args.store.postgres_url.is_none() {
             role.start_flushing(&sequencer)?;
         }
     }
