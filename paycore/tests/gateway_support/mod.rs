@@ -74,7 +74,9 @@ impl NodeProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paycore"))
             .args(["node", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
-            .args(["--shards", &shards.to_string()])
+            // The gateway tests need no SQL mirror of the ledger (and must not write into a
+            // DATABASE_URL the environment may name).
+            .args(["--shards", &shards.to_string(), "--no-flush"])
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
