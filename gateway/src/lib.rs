@@ -155,8 +155,9 @@ pub struct GatewayArgs {
     /// be enrolled (its routes answer 503 `two_factor_unconfigured`).
     #[arg(long, env = "PAYCORE_GATEWAY_TOTP_KEY", hide_env_values = true)]
     pub totp_key: Option<String>,
-    /// Transfers above this many units of their currency need a 2FA code (header
-    /// `X-2FA-Code`); users without 2FA cannot make them. Applies when --totp-key is set.
+    /// Transfers above these amounts need a 2FA code (header `X-2FA-Code`); users without 2FA
+    /// cannot make them. `CODE:AMOUNT` per currency and/or a bare amount for the others, e.g.
+    /// `USD:1000,BTC:0.05,1000`. Applies when --totp-key is set.
     #[arg(long, env = "PAYCORE_GATEWAY_TWO_FACTOR_ABOVE", default_value = "1000")]
     pub two_factor_above: String,
     /// `seed` (the seed's limits) or `off` (benchmarks).
@@ -215,6 +216,7 @@ pub struct AppState {
     /// Signs the short-lived challenge of a login that still needs its 2FA code.
     pub challenge_jwt: auth::Jwt,
     pub totp: Option<totp::SecretBox>,
+    pub two_factor_above: totp::Thresholds,
     /// Real-time notifications for WebSocket and SSE connections.
     pub events: events::Hub,
     pub metrics: Arc<Metrics>,
@@ -294,9 +296,7 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
     };
     let metrics = Arc::new(Metrics::default());
     let currencies = parse_currencies(&args.currencies)?;
-    if paycore_engine::amount::parse_amount(&args.two_factor_above, 0).is_err() {
-        return Err("--two-factor-above must be a positive whole number".into());
-    }
+    let two_factor_above = totp::Thresholds::parse(&args.two_factor_above)?;
     let dummy_hash = auth::hash_password("not a password".into())
         .await
         .map_err(|e| e.to_string())?;
@@ -331,6 +331,7 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
         currencies,
         dummy_hash,
         events: events::Hub::default(),
+        two_factor_above,
         args,
     }))
 }

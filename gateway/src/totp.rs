@@ -111,6 +111,57 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Amounts above which a transfer needs a 2FA code: per currency (`USD:1000,BTC:0.05`) and/or
+/// one for every other currency (a bare amount). Compared exactly, at 18 decimals.
+#[derive(Debug, Clone, Default)]
+pub struct Thresholds {
+    default: Option<u128>,
+    per_currency: std::collections::BTreeMap<paycore_engine::CurrencyCode, u128>,
+}
+
+/// Decimals thresholds are kept at (the largest currency scale).
+const THRESHOLD_SCALE: u8 = paycore_engine::currency::CURRENCY_SCALE_MAX;
+
+impl Thresholds {
+    pub fn parse(text: &str) -> Result<Thresholds, String> {
+        let mut out = Thresholds::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (code, amount) = match item.split_once(':') {
+                Some((code, amount)) => (Some(code), amount),
+                None => (None, item),
+            };
+            let amount = paycore_engine::amount::parse_amount(amount, THRESHOLD_SCALE)
+                .map_err(|e| format!("--two-factor-above {item:?}: {e}"))?;
+            match code {
+                Some(code) => {
+                    let code = paycore_engine::CurrencyCode::parse(code)
+                        .map_err(|e| format!("--two-factor-above {item:?}: {e}"))?;
+                    out.per_currency.insert(code, amount);
+                }
+                None => out.default = Some(amount),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `amount` minor units of `currency` (scale `scale`) is above its threshold.
+    pub fn exceeded(
+        &self,
+        currency: paycore_engine::CurrencyCode,
+        amount: u128,
+        scale: u8,
+    ) -> bool {
+        let Some(threshold) = self.per_currency.get(&currency).copied().or(self.default) else {
+            return false;
+        };
+        let factor = 10u128.pow(u32::from(THRESHOLD_SCALE.saturating_sub(scale)));
+        // Too large to scale up is certainly above any threshold.
+        amount
+            .checked_mul(factor)
+            .is_none_or(|scaled| scaled > threshold)
+    }
+}
+
 /// Seals and opens TOTP secrets with one AES-256-GCM key.
 #[derive(Debug)]
 pub struct SecretBox {
@@ -188,6 +239,26 @@ mod tests {
         assert!(!verify(secret, "287082", 59 + 90));
         assert!(!verify(secret, "28708", 59));
         assert!(!verify(secret, "abcdef", 59));
+    }
+
+    #[test]
+    fn thresholds_per_currency_and_default() {
+        let usd = paycore_engine::CurrencyCode::parse("USD").expect("code");
+        let btc = paycore_engine::CurrencyCode::parse("BTC").expect("code");
+        let jpy = paycore_engine::CurrencyCode::parse("JPY").expect("code");
+        let t = Thresholds::parse("BTC:0.05, 1000").expect("parse");
+        assert!(!t.exceeded(usd, 100_000, 2));
+        assert!(t.exceeded(usd, 100_001, 2));
+        assert!(!t.exceeded(btc, 5_000_000, 8));
+        assert!(t.exceeded(btc, 5_000_001, 8));
+        assert!(t.exceeded(jpy, 1001, 0));
+        assert!(
+            !Thresholds::parse("USD:10")
+                .expect("parse")
+                .exceeded(jpy, u128::MAX, 0)
+        );
+        assert!(Thresholds::parse("USD:ten").is_err());
+        assert!(Thresholds::parse("usd:10").is_err());
     }
 
     #[test]

@@ -169,6 +169,24 @@ async fn transfer_events_reach_the_recipient_and_nobody_else() {
         metrics.contains("paycore_gateway_websockets_open 2"),
         "{metrics}"
     );
+    // Logging out ends the streams opened with that token.
+    let logout = world
+        .call("POST", "/api/v1/users/logout", Some(&bob), &[], None)
+        .await;
+    assert_eq!(logout.status, 204);
+    let mut closed = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), bob_socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                closed = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(closed, Some(4001));
     drop(sse);
     world.stop().await;
 }

@@ -33,6 +33,10 @@ use crate::extract::{AuthUser, authenticate};
 use crate::metrics::Metrics;
 use crate::routes::wallets::{owned_wallet, parse_wallet_id};
 
+/// Internal notification of a logout: the streams opened with that token end (not sent to
+/// clients).
+pub const SESSION_REVOKED: &str = "session.revoked";
+
 /// Longest client message on a WebSocket, in bytes.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
 /// Most wallets one WebSocket subscribes to.
@@ -158,6 +162,18 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             }
             event = events.recv() => {
                 let message = match event {
+                    Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
+                        if n.data["jti"] == user.claims.jti.as_str() {
+                            let _ = socket
+                                .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                                    code: 4001,
+                                    reason: "logged out".into(),
+                                })))
+                                .await;
+                            break;
+                        }
+                        continue;
+                    }
                     Ok(n) if n.user == me && wanted(&n, &wallets, transactions) => {
                         json!({"type": n.kind, "data": n.data}).to_string()
                     }
@@ -257,9 +273,11 @@ pub async fn sse(
     let me = user.engine_user();
     let open = Open::new(state.metrics.clone(), false);
     let receiver = state.events.subscribe();
+    let jti = user.claims.jti.clone();
     let expiry = token_expiry(&user);
-    let stream =
-        futures_util::stream::unfold((receiver, open), move |(mut receiver, open)| async move {
+    let stream = futures_util::stream::unfold(
+        (receiver, open, jti),
+        move |(mut receiver, open, jti)| async move {
             loop {
                 // The stream ends when its access token expires; the client reconnects.
                 let received = tokio::select! {
@@ -267,6 +285,12 @@ pub async fn sse(
                     received = receiver.recv() => received,
                 };
                 let event = match received {
+                    Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
+                        if n.data["jti"] == jti.as_str() {
+                            return None;
+                        }
+                        continue;
+                    }
                     Ok(n) if n.user == me => {
                         SseEvent::default().event(n.kind).data(n.data.to_string())
                     }
@@ -276,8 +300,9 @@ pub async fn sse(
                         .data(json!({"type": "events.lagged", "missed": missed}).to_string()),
                     Err(RecvError::Closed) => return None,
                 };
-                return Some((Ok::<_, Infallible>(event), (receiver, open)));
+                return Some((Ok::<_, Infallible>(event), (receiver, open, jti)));
             }
-        });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

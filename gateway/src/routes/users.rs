@@ -466,6 +466,13 @@ pub async fn logout(
         .revoke_user_refresh_tokens(user.id())
         .await
         .map_err(store_error)?;
+    // Streams this gateway holds open with that token end now (others at their token's expiry).
+    state.events.publish(crate::events::Notification {
+        user: user.engine_user(),
+        kind: crate::routes::stream::SESSION_REVOKED,
+        wallet: None,
+        data: json!({ "jti": user.claims.jti }),
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 

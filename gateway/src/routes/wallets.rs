@@ -386,17 +386,11 @@ async fn two_factor_for_amount(
     state: &Shared,
     user: &AuthUser,
     headers: &HeaderMap,
+    currency: CurrencyCode,
     amount: u128,
     scale: u8,
 ) -> Result<(), ApiError> {
-    if state.totp.is_none() {
-        return Ok(());
-    }
-    let threshold = parse_amount(&state.args.two_factor_above, 0)
-        .ok()
-        .and_then(|units| units.checked_mul(10u128.pow(u32::from(scale))))
-        .unwrap_or(u128::MAX);
-    if amount <= threshold {
+    if state.totp.is_none() || !state.two_factor_above.exceeded(currency, amount, scale) {
         return Ok(());
     }
     let account = crate::routes::users::current(state, user).await?;
@@ -405,7 +399,7 @@ async fn two_factor_for_amount(
             StatusCode::FORBIDDEN,
             "two_factor_required",
             format!(
-                "transfers above {} need 2FA: enroll it first",
+                "transfers above the 2FA amount ({}) need 2FA: enroll it first",
                 state.args.two_factor_above
             ),
         ));
@@ -472,7 +466,8 @@ pub async fn send(
             }
             let amount = parse_amount(&request.amount, source.scale)
                 .map_err(|e| ApiError::unprocessable("amount_invalid", e.to_string()))?;
-            two_factor_for_amount(&state, &user, &code_headers, amount, source.scale).await?;
+            two_factor_for_amount(&state, &user, &code_headers, currency, amount, source.scale)
+                .await?;
             let target = recipient(&state, &request, currency).await?;
             let op = Op::Transfer {
                 from,
