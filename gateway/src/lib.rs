@@ -22,18 +22,21 @@
 //! - rate limits (per tier per second, per endpoint per minute), 429 with `Retry-After` and
 //!   `RateLimit-*` headers; in process, or shared by all gateways through Redis
 //!   (`--redis-url`);
-//!
-//! - 2FA (RFC 6238 TOTP, secrets sealed with AES-256-GCM under `--totp-key`): enroll,
-//!   confirm, then required at login (`verify-2fa` with the challenge token) and for transfers
-//!   above `--two-factor-above` units;
-//!
+//! - 2FA (RFC 6238 TOTP, secrets sealed with AES-256-GCM under `--totp-key`, each code usable
+//!   once): enroll, confirm, then required at login (`verify-2fa` with the challenge token)
+//!   and for transfers above `--two-factor-above` (per currency);
 //! - real time: WebSocket `/api/v1/ws` (`subscribe.wallet`, `subscribe.transactions`) and
 //!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
-//!   [`events`]); a user only receives events about their own wallets.
-//!
+//!   [`events`]); a user only receives events about their own wallets;
 //! - an OpenAPI 3.1 document at `/api/v1/openapi.json`, generated (utoipa) from the same
 //!   attributes that register the REST routes, so the two cannot drift (the WebSocket and SSE
-//!   routes are described in `docs/design.md`, not in it).
+//!   routes are described in `docs/design.md` §18, not in it).
+//!
+//! What it is **not**: a second ledger. Balances and movements live in the core; the
+//! gateway's `transactions` table is a per-user index for history and lookups by id, written
+//! after the core applied the command. Known limits are listed at the end of `docs/design.md`
+//! §18 (a logout through one gateway ends streams held by another only at token expiry; the
+//! event fan-out checks every open stream per event).
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
 //! wallet route asks the core for the wallet and compares its owner (a wallet of someone else
