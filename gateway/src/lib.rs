@@ -79,7 +79,7 @@ use crate::ratelimit::{Limiter, Limits};
 use crate::users::Store;
 
 /// Settings of `paycore gateway` (each also read from a `PAYCORE_GATEWAY_…` variable).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct GatewayArgs {
     /// The core node's QUIC address.
     #[arg(long, env = "PAYCORE_GATEWAY_CORE", default_value = "127.0.0.1:7400")]
@@ -166,6 +166,42 @@ pub struct GatewayArgs {
     /// `seed` (the seed's limits) or `off` (benchmarks).
     #[arg(long, env = "PAYCORE_GATEWAY_RATE_LIMITS", default_value = "seed")]
     pub rate_limits: String,
+}
+
+/// Secrets shown as set or not, never their value (the state, and so these, may be logged).
+impl std::fmt::Debug for GatewayArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| if value.is_some() { "<set>" } else { "<unset>" };
+        let url = |value: &Option<String>| {
+            // postgres://user:password@host/db: keep what follows the credentials.
+            value.as_deref().map(|u| {
+                u.rsplit_once('@')
+                    .map_or(u.to_owned(), |(_, host)| format!("…@{host}"))
+            })
+        };
+        f.debug_struct("GatewayArgs")
+            .field("core", &self.core)
+            .field("trust", &self.trust)
+            .field("listen", &self.listen)
+            .field("sqlite", &self.sqlite)
+            .field("postgres_url", &url(&self.postgres_url))
+            .field("postgres_schema", &self.postgres_schema)
+            .field("jwt_secret", &secret(&self.jwt_secret))
+            .field("jwt_audience", &self.jwt_audience)
+            .field("access_token_secs", &self.access_token_secs)
+            .field("refresh_token_secs", &self.refresh_token_secs)
+            .field("webhook_secret", &secret(&self.webhook_secret))
+            .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
+            .field("body_bytes_max", &self.body_bytes_max)
+            .field("currencies", &self.currencies)
+            .field("admin_emails", &self.admin_emails)
+            .field("rate_limits", &self.rate_limits)
+            .field("redis_url", &url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("totp_key", &secret(&self.totp_key))
+            .field("two_factor_above", &self.two_factor_above)
+            .finish()
+    }
 }
 
 impl GatewayArgs {
@@ -597,4 +633,32 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut args = GatewayArgs::defaults(
+            "127.0.0.1:7400".parse().expect("addr"),
+            "cert.der".into(),
+            "127.0.0.1:8080".parse().expect("addr"),
+        );
+        args.jwt_secret = Some("jwt-secret-value".into());
+        args.webhook_secret = Some("webhook-secret-value".into());
+        args.totp_key = Some("ab".repeat(32));
+        args.postgres_url = Some("postgres://user:pw-value@db:5432/x".into());
+        let text = format!("{args:?}");
+        for secret in [
+            "jwt-secret-value",
+            "webhook-secret-value",
+            &"ab".repeat(32),
+            "pw-value",
+        ] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("db:5432/x"), "{text}");
+    }
 }
