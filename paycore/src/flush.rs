@@ -65,6 +65,32 @@ impl StoreArgs {
     }
 }
 
+/// Refuses a shard count that does not match the data folder (`shard-NNN/` folders): the
+/// shadow engines would route commands differently from the node's and write wrong rows.
+pub fn check_shard_count(data_dir: &Path, shard_count: u16) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Ok(()); // nothing there yet: a new node creates its folders
+    };
+    let found = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .is_some_and(|d| d.len() == 3 && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count();
+    if found == 0 || found == usize::from(shard_count) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} holds {found} shard folder(s) but {shard_count} shard(s) were given: use the \
+             node's --shards",
+            data_dir.display()
+        ))
+    }
+}
+
 /// Flusher threads of every shard.
 #[derive(Debug)]
 pub struct FlushHandles {
@@ -156,6 +182,7 @@ pub fn start_flushers(
     stop_at_end: bool,
 ) -> Result<FlushHandles, String> {
     args.validate()?;
+    check_shard_count(data_dir, watermarks.len() as u16)?;
     let target = args.target(data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let shard_count = watermarks.len() as u16;

@@ -57,6 +57,10 @@ pub fn run(args: ReconcileArgs) -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    if let Err(error) = paycore::flush::check_shard_count(&args.data_dir, args.shards) {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::from(2);
+    }
     let config = ReconcileConfig {
         data_dir: args.data_dir.clone(),
         shard_count: args.shards,

@@ -53,6 +53,16 @@ fn scenario(dir: &Path, target: &StoreTarget, store: &[String]) {
     let (code, out) = paycore(&["flush", "--once"], &data_dir, store);
     assert_eq!(code, 0, "{out}");
 
+    // A shard count that does not match the folder is refused (exit 2), not silently wrong.
+    let out = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["reconcile", "--quiet", "--shards", "1", "--data-dir"])
+        .arg(&data_dir)
+        .args(store)
+        .output()
+        .expect("run paycore");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 shard folder(s)"));
+
     let report = dir.join("report.json");
     let report_arg = report.to_string_lossy().to_string();
     let (code, out) = paycore(
