@@ -256,6 +256,8 @@ pub struct AppState {
     pub challenge_jwt: auth::Jwt,
     pub totp: Option<totp::SecretBox>,
     pub two_factor_above: totp::Thresholds,
+    /// Set once the configured currencies are registered in the core (`/ready` waits for it).
+    pub currencies_registered: std::sync::atomic::AtomicBool,
     /// Real-time notifications for WebSocket and SSE connections.
     pub events: events::Hub,
     pub metrics: Arc<Metrics>,
@@ -371,6 +373,7 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
         dummy_hash,
         events: events::Hub::default(),
         two_factor_above,
+        currencies_registered: std::sync::atomic::AtomicBool::new(false),
         args,
     }))
 }
@@ -393,11 +396,14 @@ async fn register_currencies(state: Shared) {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "core not reachable yet; registering currencies later");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
     }
+    state
+        .currencies_registered
+        .store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// Every 10 minutes, deletes store rows that no longer matter (see `Store::sweep`).

@@ -561,7 +561,7 @@ async fn rate_limits_answer_429_with_headers() {
     let refilled = started.elapsed().as_secs() as usize / 6 + 1;
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     // The set-up's login took one of the 10.
-    assert!(statuses.len() - 1 >= 9, "{statuses:?}");
+    assert!(statuses.len() > 9, "{statuses:?}");
     assert!(statuses.len() - 1 <= 9 + refilled, "{statuses:?}");
     assert!(statuses[..9].iter().all(|s| *s == 401), "{statuses:?}");
     let metrics = String::from_utf8_lossy(&world.get("/metrics", None).await.body).into_owned();

@@ -112,7 +112,8 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the core answers a status query and the store a `SELECT 1`, within 2 s each.
+/// Readiness: the core answers a status query and the store a `SELECT 1`, within 2 s each,
+/// and the configured currencies are registered in the core.
 async fn ready(State(state): State<Shared>) -> Response {
     let timeout = Duration::from_secs(2);
     let core = state.core.ready(timeout).await;
@@ -120,15 +121,20 @@ async fn ready(State(state): State<Shared>) -> Response {
         tokio::time::timeout(timeout, state.store.ping()).await,
         Ok(Ok(()))
     );
-    let status = if core && store {
+    let currencies = state
+        .currencies_registered
+        .load(std::sync::atomic::Ordering::Acquire);
+    let ready = core && store && currencies;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({
-        "status": if core && store { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "core": core,
         "store": store,
+        "currencies": currencies,
     });
     // A JSON body rather than a problem: load balancers read the status, people the fields.
     let mut response = (status, axum::Json(body)).into_response();

@@ -173,9 +173,8 @@ impl World {
         for _ in 0..2400 {
             let response = self.call("GET", "/ready", None, &[], None).await;
             last = response.text();
+            // Ready includes the configured currencies being registered in the core.
             if response.status == 200 {
-                // Currencies register in the background right after start.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
