@@ -18,7 +18,8 @@
 //! - deposits and withdrawals: provider webhooks signed with HMAC-SHA256 over
 //!   `timestamp.body` with a tolerance window (`deposit.succeeded`, `withdrawal.paid`,
 //!   `withdrawal.failed`), withdrawal requests that place a hold;
-//! - admin: freeze / unfreeze a wallet, approve / reject KYC (sets the user's tier in the core);
+//! - admin: freeze / unfreeze a wallet, approve / reject KYC (sets the user's tier in the core),
+//!   settle / cancel a held withdrawal (as the provider's webhook would);
 //! - rate limits (per tier per second, per endpoint per minute), 429 with `Retry-After` and
 //!   `RateLimit-*` headers; in process, or shared by all gateways through Redis
 //!   (`--redis-url`);

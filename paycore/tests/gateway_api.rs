@@ -782,6 +782,96 @@ async fn admin_freezes_wallets_and_reviews_kyc_withdrawals_settle() {
         .filter_map(|t| t["status"].as_str())
         .collect();
     assert_eq!(statuses, ["cancelled", "completed"]);
+
+    // An operator settles or cancels held withdrawals too; a decided one stays decided.
+    let by_operator = withdraw("w-3", "3.00").await;
+    assert_eq!(by_operator.status, 201, "{}", by_operator.text());
+    let id = by_operator.json()["id"].as_str().expect("id").to_owned();
+    let not_admin = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/withdrawals/{id}/cancel"),
+            Some(&ivy),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (not_admin.status, not_admin.code().as_str()),
+        (403, "forbidden")
+    );
+    let cancelled = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/withdrawals/{id}/cancel"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    let again = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/withdrawals/{id}/cancel"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        200,
+        "a repeated decision is idempotent: {}",
+        again.text()
+    );
+    let contradicting = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/withdrawals/{id}/settle"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (contradicting.status, contradicting.code().as_str()),
+        (409, "withdrawal_settled")
+    );
+    let settled_one = withdraw("w-4", "2.00").await;
+    let id = settled_one.json()["id"].as_str().expect("id").to_owned();
+    let settled = world
+        .call(
+            "POST",
+            &format!("/api/v1/admin/withdrawals/{id}/settle"),
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(settled.json()["status"], "completed", "{}", settled.text());
+    let unknown = world
+        .call(
+            "POST",
+            "/api/v1/admin/withdrawals/00000000-0000-4000-8000-000000000000/settle",
+            Some(&admin),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (404, "withdrawal_not_found")
+    );
+    let wallet = world
+        .get(&format!("/api/v1/wallets/{ivy_wallet}"), Some(&ivy))
+        .await
+        .json();
+    assert_eq!(
+        (wallet["balance"].as_str(), wallet["frozen"].as_str()),
+        (Some("12.00"), Some("0.00"))
+    );
     world.stop().await;
 }
 

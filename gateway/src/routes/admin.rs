@@ -216,3 +216,60 @@ pub async fn kyc_reject(
         json!({ "user_id": user_id, "status": "rejected", "reason": reason }),
     ))
 }
+
+async fn settle(
+    state: Shared,
+    admin: AuthUser,
+    id: String,
+    paid: bool,
+) -> Result<impl IntoResponse, ApiError> {
+    admin.require_admin()?;
+    // One decision per withdrawal and kind: an operator's retry applies once.
+    let key = format!(
+        "gw:admin:withdrawal:{id}:{}",
+        if paid { "settle" } else { "cancel" }
+    );
+    if id.len() > 64 {
+        return Err(ApiError::not_found(
+            "withdrawal_not_found",
+            "no such withdrawal",
+        ));
+    }
+    let status = crate::routes::webhooks::settle_withdrawal(&state, &id, paid, &key).await?;
+    tracing::info!(admin = admin.id(), withdrawal = %id, status, "withdrawal settled by an operator");
+    Ok(Json(json!({ "transaction_id": id, "status": status })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/withdrawals/{id}/settle",
+    tag = "admin",
+    summary = "Settle a held withdrawal: the provider paid it out",
+    params(("id" = String, Path, description = "withdrawal (transaction) id")),
+    responses((status = 200, description = "completed"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn settle_withdrawal(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    settle(state, admin, id, true).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/withdrawals/{id}/cancel",
+    tag = "admin",
+    summary = "Cancel a held withdrawal: the money returns to the wallet",
+    params(("id" = String, Path, description = "withdrawal (transaction) id")),
+    responses((status = 200, description = "cancelled"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn cancel_withdrawal(
+    State(state): State<Shared>,
+    admin: AuthUser,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    settle(state, admin, id, false).await
+}

@@ -82,6 +82,8 @@ pub fn api() -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::unfreeze))
         .routes(routes!(admin::kyc_approve))
         .routes(routes!(admin::kyc_reject))
+        .routes(routes!(admin::settle_withdrawal))
+        .routes(routes!(admin::cancel_withdrawal))
         .split_for_parts()
 }
 

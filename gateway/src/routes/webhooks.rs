@@ -215,58 +215,80 @@ pub async fn provider(
         "withdrawal.paid" | "withdrawal.failed" => {
             let update: WithdrawalUpdate = serde_json::from_value(event.data)
                 .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
-            let missing = || ApiError::not_found("withdrawal_not_found", "no such withdrawal");
-            let id = uuid::Uuid::parse_str(&update.withdrawal_id)
-                .map_err(|_| missing())?
-                .to_string();
-            let (record, _) = state
-                .store
-                .transaction(&id)
-                .await
-                .map_err(store_error)?
-                .filter(|(r, _)| r.kind == "withdrawal")
-                .ok_or_else(missing)?;
-            let hold = record
-                .reference
-                .as_deref()
-                .and_then(|r| r.parse::<u64>().ok())
-                .map(HoldId)
-                .ok_or_else(|| ApiError::internal("withdrawal without a hold"))?;
             let paid = event.kind == "withdrawal.paid";
-            let op = if paid {
-                Op::Capture {
-                    hold,
-                    amount: None,
-                    to: None,
-                }
-            } else {
-                Op::Release { hold }
-            };
-            let status = if paid { "completed" } else { "cancelled" };
-            match state.core.submit(&engine_key, op).await? {
-                Outcome::Ok(_) => {}
-                // Settled before (by another event id): fine if it ended the same way.
-                Outcome::Rejected(Reject::HoldClosed) if record.status == status => {}
-                other => {
-                    return Err(applied(other)
-                        .err()
-                        .unwrap_or_else(|| ApiError::internal("?")));
-                }
-            }
-            state
-                .store
-                .set_transaction_status(&id, status)
-                .await
-                .map_err(store_error)?;
-            Ok(Json(
-                json!({ "received": true, "transaction_id": id, "status": status }),
-            ))
+            let status =
+                settle_withdrawal(&state, &update.withdrawal_id, paid, &engine_key).await?;
+            Ok(Json(json!({
+                "received": true,
+                "transaction_id": update.withdrawal_id,
+                "status": status,
+            })))
         }
         other => Err(ApiError::unprocessable(
             "event_type_unknown",
             format!("event type {other:?} is not handled"),
         )),
     }
+}
+
+/// Settles a held withdrawal: `paid` captures the hold to settlement (the money left), else
+/// releases it to the wallet. The provider (webhook) or an operator (admin route) decides;
+/// `engine_key` makes a repeated decision apply once. The withdrawal's new status.
+pub async fn settle_withdrawal(
+    state: &Shared,
+    withdrawal_id: &str,
+    paid: bool,
+    engine_key: &str,
+) -> Result<&'static str, ApiError> {
+    let missing = || ApiError::not_found("withdrawal_not_found", "no such withdrawal");
+    let id = uuid::Uuid::parse_str(withdrawal_id)
+        .map_err(|_| missing())?
+        .to_string();
+    let (record, _) = state
+        .store
+        .transaction(&id)
+        .await
+        .map_err(store_error)?
+        .filter(|(r, _)| r.kind == "withdrawal")
+        .ok_or_else(missing)?;
+    let hold = record
+        .reference
+        .as_deref()
+        .and_then(|r| r.parse::<u64>().ok())
+        .map(HoldId)
+        .ok_or_else(|| ApiError::internal("withdrawal without a hold"))?;
+    let op = if paid {
+        Op::Capture {
+            hold,
+            amount: None,
+            to: None,
+        }
+    } else {
+        Op::Release { hold }
+    };
+    let status = if paid { "completed" } else { "cancelled" };
+    match state.core.submit(engine_key, op).await? {
+        Outcome::Ok(_) => {}
+        // Settled before (by another event or an operator): fine if it ended the same way.
+        Outcome::Rejected(Reject::HoldClosed) if record.status == status => {}
+        Outcome::Rejected(Reject::HoldClosed) => {
+            return Err(ApiError::conflict(
+                "withdrawal_settled",
+                format!("the withdrawal is {} already", record.status),
+            ));
+        }
+        other => {
+            return Err(applied(other)
+                .err()
+                .unwrap_or_else(|| ApiError::internal("?")));
+        }
+    }
+    state
+        .store
+        .set_transaction_status(&id, status)
+        .await
+        .map_err(store_error)?;
+    Ok(status)
 }
 
 #[cfg(test)]
