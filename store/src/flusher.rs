@@ -82,6 +82,17 @@ pub enum FlushError {
         checkpoint: u64,
         journal_last: u64,
     },
+    #[error(
+        "shard {shard}: the store holds a different history: its record {sequence} was \
+         journaled in epoch {store_epoch}, this journal's in epoch {journal_epoch} (a failover \
+         cut records the store already had); rebuild the store from this journal"
+    )]
+    Diverged {
+        shard: u16,
+        sequence: u64,
+        store_epoch: u64,
+        journal_epoch: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stopped")]
@@ -250,8 +261,10 @@ fn apply_some(
     effects: &mut Effects,
     max: usize,
     mut rows: Option<&mut BatchRows>,
+    last_epoch: &mut u64,
 ) -> Result<usize, FlushError> {
     follower.read(max, |record| {
+        *last_epoch = record.epoch;
         let command = decode_command(record.payload).map_err(|e| FlushError::Decode {
             sequence: record.sequence,
             reason: e.to_string(),
@@ -260,22 +273,25 @@ fn apply_some(
         let outcome = engine.apply(record.sequence, record.timestamp_ns, &command, effects);
         if let Some(rows) = rows.as_deref_mut() {
             rows.record(engine, record.sequence, &command, &outcome, &effects.events);
+            rows.last_epoch = record.epoch;
         }
         Ok(())
     })
 }
 
-/// Replays the journal from `engine`'s state up to `until` without writing.
+/// Replays the journal from `engine`'s state up to `until` without writing; returns the epoch
+/// of the last record replayed (0 when none was).
 pub fn replay_to(
     follower: &mut Follower,
     engine: &mut Engine,
     until: u64,
     batch: usize,
-) -> Result<(), FlushError> {
+) -> Result<u64, FlushError> {
     let mut effects = Effects::default();
+    let mut epoch = 0;
     while engine.last_sequence() < until {
         let want = ((until - engine.last_sequence()) as usize).min(batch);
-        if apply_some(follower, engine, &mut effects, want, None)? == 0 {
+        if apply_some(follower, engine, &mut effects, want, None, &mut epoch)? == 0 {
             return Err(FlushError::StoreAhead {
                 shard: engine.config().shard,
                 checkpoint: until,
@@ -283,7 +299,7 @@ pub fn replay_to(
             });
         }
     }
-    Ok(())
+    Ok(epoch)
 }
 
 /// The state of shard `config.engine_config.shard` at sequence `at` from the data folder
@@ -353,7 +369,19 @@ fn run_from_checkpoint(
         config.watermark.clone(),
     );
     let started = Instant::now();
-    replay_to(&mut follower, &mut engine, checkpoint, 64 * 1024)?;
+    let journal_epoch = replay_to(&mut follower, &mut engine, checkpoint, 64 * 1024)?;
+    // Same sequence, other epoch: the journal was cut and rewritten after a failover, and the
+    // store holds records this history does not have. (Not checked when the snapshot ends
+    // exactly at the checkpoint: no record was replayed to read the epoch from.)
+    let store_epoch = shard.with_store(|s| s.checkpoint_epoch(shard_id))?;
+    if journal_epoch != 0 && store_epoch != 0 && journal_epoch != store_epoch {
+        return Err(FlushError::Diverged {
+            shard: shard_id,
+            sequence: checkpoint,
+            store_epoch,
+            journal_epoch,
+        });
+    }
     tracing::info!(
         shard = shard_id,
         checkpoint,
@@ -371,12 +399,14 @@ fn run_from_checkpoint(
             return Ok(());
         }
         rows.clear();
+        let mut epoch = 0;
         let read = apply_some(
             &mut follower,
             &mut engine,
             &mut effects,
             batch_records_max,
             Some(&mut rows),
+            &mut epoch,
         )?;
         if read == 0 {
             if config.stop_at_end {

@@ -131,6 +131,15 @@ impl PgStore {
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
+    pub fn checkpoint_epoch(&mut self, shard: u16) -> Result<u64, StoreError> {
+        let client = &self.client;
+        let row = self.runtime.block_on(client.query_opt(
+            "SELECT last_epoch FROM flush_checkpoints WHERE shard = $1",
+            &[&i32::from(shard)],
+        ))?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
     pub fn checkpoints(&mut self) -> Result<Vec<(u16, u64)>, StoreError> {
         let client = &self.client;
         let rows = self.runtime.block_on(client.query(
@@ -585,14 +594,17 @@ async fn write(
         .await?;
     }
     tx.execute(
-        "INSERT INTO flush_checkpoints (shard, last_sequence, last_timestamp_ns, updated_at)
-         VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC')
+        "INSERT INTO flush_checkpoints (shard, last_sequence, last_epoch, last_timestamp_ns,
+            updated_at)
+         VALUES ($1, $2, $4, $3, now() AT TIME ZONE 'UTC')
          ON CONFLICT (shard) DO UPDATE SET last_sequence = excluded.last_sequence,
+            last_epoch = excluded.last_epoch,
             last_timestamp_ns = excluded.last_timestamp_ns, updated_at = excluded.updated_at",
         &[
             &shard,
             &(rows.last_sequence as i64),
             &(rows.last_timestamp_ns as i64),
+            &(rows.last_epoch as i64),
         ],
     )
     .await?;

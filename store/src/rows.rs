@@ -138,6 +138,9 @@ pub struct BatchRows {
     /// First and last journal sequence of the batch (0, 0 when empty).
     pub first_sequence: u64,
     pub last_sequence: u64,
+    /// Epoch of the primary that journaled the last record (set by the flusher): a store whose
+    /// checkpoint names another epoch than the journal at that sequence holds another history.
+    pub last_epoch: u64,
     pub last_timestamp_ns: u64,
     pub currencies: Vec<CurrencyRow>,
     pub wallets: Vec<WalletRow>,
@@ -280,6 +283,7 @@ impl BatchRows {
         let shard = self.shard;
         self.first_sequence = 0;
         self.last_sequence = 0;
+        self.last_epoch = 0;
         self.last_timestamp_ns = 0;
         self.currencies.clear();
         self.wallets.clear();

@@ -20,6 +20,7 @@ pub const POSTGRES: &str = "
 CREATE TABLE IF NOT EXISTS flush_checkpoints (
     shard INTEGER PRIMARY KEY,
     last_sequence BIGINT NOT NULL,
+    last_epoch BIGINT NOT NULL,
     last_timestamp_ns BIGINT NOT NULL,
     updated_at TIMESTAMP NOT NULL
 );
@@ -97,6 +98,7 @@ pub const SQLITE: &str = "
 CREATE TABLE IF NOT EXISTS flush_checkpoints (
     shard INTEGER PRIMARY KEY,
     last_sequence INTEGER NOT NULL,
+    last_epoch INTEGER NOT NULL,
     last_timestamp_ns INTEGER NOT NULL,
     updated_at TEXT NOT NULL
 );

@@ -67,6 +67,18 @@ impl SqliteStore {
         Ok(found.unwrap_or(0) as u64)
     }
 
+    pub fn checkpoint_epoch(&mut self, shard: u16) -> Result<u64, StoreError> {
+        let found: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT last_epoch FROM flush_checkpoints WHERE shard = ?1",
+                [i64::from(shard)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(found.unwrap_or(0) as u64)
+    }
+
     pub fn checkpoints(&mut self) -> Result<Vec<(u16, u64)>, StoreError> {
         let mut statement = self
             .connection
@@ -233,15 +245,18 @@ impl SqliteStore {
                 ])?;
             }
             tx.execute(
-                "INSERT INTO flush_checkpoints (shard, last_sequence, last_timestamp_ns, updated_at)
-                 VALUES (?1, ?2, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now'))
+                "INSERT INTO flush_checkpoints (shard, last_sequence, last_epoch, last_timestamp_ns,
+                    updated_at)
+                 VALUES (?1, ?2, ?4, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now'))
                  ON CONFLICT (shard) DO UPDATE SET last_sequence = excluded.last_sequence,
+                    last_epoch = excluded.last_epoch,
                     last_timestamp_ns = excluded.last_timestamp_ns,
                     updated_at = excluded.updated_at",
                 params![
                     shard,
                     rows.last_sequence as i64,
-                    rows.last_timestamp_ns as i64
+                    rows.last_timestamp_ns as i64,
+                    rows.last_epoch as i64
                 ],
             )?;
         }

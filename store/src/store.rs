@@ -171,6 +171,14 @@ impl Store {
         }
     }
 
+    /// Epoch of the record at the shard's checkpoint (0: nothing yet).
+    pub fn checkpoint_epoch(&mut self, shard: u16) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint_epoch(shard),
+            Store::Postgres(s) => s.checkpoint_epoch(shard),
+        }
+    }
+
     /// Every shard's checkpoint.
     pub fn checkpoints(&mut self) -> Result<Vec<(u16, u64)>, StoreError> {
         match self {

@@ -365,6 +365,21 @@ impl std::fmt::Debug for Journals {
 impl Journals {
     /// Commits every `batch` records per shard (one fsync each).
     pub fn open(data_dir: &std::path::Path, shards: u16, batch: usize) -> Result<Journals, String> {
+        Self::open_with_epoch(
+            data_dir,
+            shards,
+            batch,
+            paycore_journal::JournalConfig::default().epoch,
+        )
+    }
+
+    /// As [`Journals::open`], journaling as the primary of `epoch`.
+    pub fn open_with_epoch(
+        data_dir: &std::path::Path,
+        shards: u16,
+        batch: usize,
+        epoch: u64,
+    ) -> Result<Journals, String> {
         use paycore_journal::{JournalConfig, RecoveryOptions};
         let mut opened = Vec::new();
         for shard in 0..shards {
@@ -377,6 +392,7 @@ impl Journals {
             // writes at the sync), so the records would not be on disk for a reader.
             let journal_config = JournalConfig {
                 shard,
+                epoch,
                 ..JournalConfig::default()
             };
             let shard = paycore_snapshot::open_shard(

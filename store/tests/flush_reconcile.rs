@@ -319,3 +319,49 @@ fn postgres_store_restored_from_backup_is_rewritten() {
     rewind_scenario(&pg.target, &dir.join("data"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store written from one history is refused by a flusher following another: the same
+/// sequences journaled in a later epoch (what a new primary writes after a failover that lost
+/// the old primary's tail).
+#[test]
+fn sqlite_store_of_another_history_is_refused() {
+    use paycore_store::flusher::FlushError;
+    use paycore_store::workload::Journals;
+    let dir = tempdir("diverged");
+    let target = StoreTarget::Sqlite(dir.join("store.sqlite"));
+    let mut workload = workload(1_767_225_600_000_000_000, 1_000_000);
+    let mut records = Vec::new();
+    workload.generate(1_000, &mut records);
+    write_journals(&dir.join("a"), SHARDS, &records, 100).expect("journal");
+    flush_all(&dir.join("a"), &target, 100);
+    let mut other = Journals::open_with_epoch(&dir.join("b"), SHARDS, 100, 2).expect("open");
+    other.append(&records).expect("append");
+    other.commit().expect("commit");
+    drop(other);
+    let mut config = FlusherConfig::new(
+        dir.join("b"),
+        EngineConfig {
+            shard: 0,
+            shard_count: SHARDS,
+            ..EngineConfig::default()
+        },
+        target.clone(),
+    );
+    config.stop_at_end = true;
+    let result = run(&config, &FlushStatus::default(), &AtomicBool::new(false));
+    assert!(
+        matches!(
+            result,
+            Err(FlushError::Diverged {
+                store_epoch: 1,
+                journal_epoch: 2,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    // The same history (epoch 1) resumes without complaint.
+    config.data_dir = dir.join("a");
+    run(&config, &FlushStatus::default(), &AtomicBool::new(false)).expect("same history");
+    let _ = std::fs::remove_dir_all(&dir);
+}
