@@ -62,6 +62,16 @@ pub fn validate_schema(schema: &str) -> Result<(), StoreError> {
 
 impl PgStore {
     pub fn connect(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, schema, false)
+    }
+
+    /// Read-only (reconciliation): no schema is created, every transaction is read-only, and
+    /// statements have no time limit (a full aggregate of a large store takes minutes).
+    pub fn connect_read_only(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, schema, true)
+    }
+
+    fn connect_with(url: &str, schema: &str, read_only: bool) -> Result<PgStore, StoreError> {
         validate_schema(schema)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,10 +99,17 @@ impl PgStore {
             schema: schema.to_string(),
             months: HashSet::new(),
         };
-        let sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
-             SET statement_timeout = '120s';"
-        );
+        let sql = if read_only {
+            format!(
+                "SET search_path TO {schema}; SET statement_timeout = 0; \
+                 SET default_transaction_read_only = on;"
+            )
+        } else {
+            format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
+                 SET statement_timeout = '120s';"
+            )
+        };
         store.batch_execute(&sql)?;
         Ok(store)
     }

@@ -251,7 +251,7 @@ pub fn reconcile(
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
-    let mut store = Store::connect(&config.target)?;
+    let mut store = Store::connect_read_only(&config.target)?;
     let mut report = Report {
         store: config.target.describe(),
         ..Report::default()

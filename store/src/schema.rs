@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS flush_checkpoints (
     last_timestamp_ns BIGINT NOT NULL,
     updated_at TIMESTAMP NOT NULL
 );
+-- Stores made before the epoch was kept (0: not checked).
+ALTER TABLE flush_checkpoints ADD COLUMN IF NOT EXISTS last_epoch BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS currencies (
     shard INTEGER NOT NULL,
     code VARCHAR(10) NOT NULL,

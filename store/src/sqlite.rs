@@ -50,8 +50,30 @@ impl SqliteStore {
         })
     }
 
+    /// Read-only (reconciliation): nothing is created or changed.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let connection =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        connection.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        Ok(SqliteStore {
+            connection,
+            batches: 0,
+        })
+    }
+
     pub fn migrate(&mut self) -> Result<(), StoreError> {
         self.connection.execute_batch(schema::SQLITE)?;
+        // Stores made before the epoch was kept (0: not checked).
+        let has_epoch: i64 = self.connection.query_row(
+            "SELECT count(*) FROM pragma_table_info('flush_checkpoints') WHERE name = 'last_epoch'",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_epoch == 0 {
+            self.connection.execute_batch(
+                "ALTER TABLE flush_checkpoints ADD COLUMN last_epoch INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         Ok(())
     }
 

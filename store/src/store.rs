@@ -156,6 +156,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Connects without creating or changing anything; every statement is read-only.
+    pub fn connect_read_only(target: &StoreTarget) -> Result<Store, StoreError> {
+        Ok(match target {
+            StoreTarget::Sqlite(path) => Store::Sqlite(SqliteStore::open_read_only(path)?),
+            StoreTarget::Postgres { url, schema } => {
+                Store::Postgres(PgStore::connect_read_only(url, schema)?)
+            }
+        })
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.migrate(),
