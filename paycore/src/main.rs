@@ -109,8 +109,27 @@ fn up() -> Result<(), String> {
         #[command(flatten)]
         node: node::NodeArgs,
     }
-    let defaults = Defaults::try_parse_from(["paycore"]).map_err(|e| e.to_string())?;
+    let mut defaults = Defaults::try_parse_from(["paycore"]).map_err(|e| e.to_string())?;
+    if defaults.node.metrics_listen.is_none() {
+        defaults.node.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9400)));
+    }
     println!("paycore up: embedded defaults (see `paycore node --help` to change them)");
+    let gateway = paycore_gateway::spawn_gateway(paycore_gateway::GatewayArgs::defaults(
+        defaults.node.listen,
+        defaults
+            .node
+            .data_dir
+            .join("tls/cert.der")
+            .display()
+            .to_string(),
+        "127.0.0.1:8080"
+            .parse()
+            .map_err(|e: std::net::AddrParseError| e.to_string())?,
+    ))?;
+    println!(
+        "  gateway: http://{} (REST API; OpenAPI at /api/v1/openapi.json)",
+        gateway.addr
+    );
     println!(
         "  next: cargo run --release -p paycore-loadgen -- --server 127.0.0.1:7400 --trust ./paycore-data/tls/cert.der"
     );
