@@ -370,8 +370,15 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
             shard_count: shards,
             ..EngineConfig::default()
         };
+        // With a standby, the store only receives what the standby holds too (or what an
+        // async primary released alone): a failover never leaves the store ahead.
         let watermarks: Vec<_> = (0..shards)
-            .map(|shard| Some(sequencer.durable_watermark(shard).clone()))
+            .map(|shard| {
+                Some(match args.replication.mode() {
+                    ReplicationMode::Off => sequencer.durable_watermark(shard).clone(),
+                    _ => sequencer.gate(shard).flushable(),
+                })
+            })
             .collect();
         *role
             .start_flushers

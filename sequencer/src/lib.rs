@@ -202,7 +202,7 @@ impl Sequencer {
                 std::sync::atomic::Ordering::Release,
             );
             let gate = Arc::new(ReplicationGate::new(config.replication, 0));
-            gate.mark_released(durable.engine.last_sequence());
+            gate.mark_replicated(durable.engine.last_sequence());
             let floors = Arc::new(std::sync::Mutex::new(Vec::new()));
             watermarks.push(durable.journal.watermark());
             journal_dirs.push(durable.paths.journal.clone());

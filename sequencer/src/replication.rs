@@ -58,6 +58,9 @@ pub struct ReplicationGate {
     disconnected_at: Mutex<Option<Instant>>,
     /// Sequence up to which results have been released.
     released: AtomicU64,
+    /// Sequence up to which the store flusher may write: released and held by the standby
+    /// (or released while alone), so the store never holds what a failover would lose.
+    flushable: Arc<AtomicU64>,
     /// Last sequence committed by the writer, and when the standby last held all of it.
     committed: AtomicU64,
     caught_up_at: Mutex<Instant>,
@@ -86,6 +89,7 @@ impl ReplicationGate {
             ever_connected: AtomicBool::new(false),
             disconnected_at: Mutex::new(None),
             released: AtomicU64::new(0),
+            flushable: Arc::new(AtomicU64::new(0)),
             committed: AtomicU64::new(0),
             caught_up_at: Mutex::new(Instant::now()),
             changed: Condvar::new(),
@@ -114,6 +118,8 @@ impl ReplicationGate {
     /// A standby acknowledged `durable` (never moves back).
     pub fn acknowledge(&self, durable: u64) {
         self.standby_durable.fetch_max(durable, Ordering::AcqRel);
+        self.flushable
+            .fetch_max(durable.min(self.released()), Ordering::AcqRel);
         if durable >= self.committed.load(Ordering::Acquire) {
             *self.caught_up_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
@@ -228,6 +234,30 @@ impl ReplicationGate {
 
     pub(crate) fn mark_released(&self, sequence: u64) {
         self.released.fetch_max(sequence, Ordering::AcqRel);
+        let flushable = match self.mode {
+            ReplicationMode::Off => sequence,
+            _ if self.alone() => sequence,
+            _ => sequence.min(self.standby_durable()),
+        };
+        self.flushable.fetch_max(flushable, Ordering::AcqRel);
+    }
+
+    /// A standby's copy (or records recovered at start): released and flushable at once.
+    pub(crate) fn mark_replicated(&self, sequence: u64) {
+        self.released.fetch_max(sequence, Ordering::AcqRel);
+        self.flushable.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// An async primary carrying on without its standby.
+    fn alone(&self) -> bool {
+        matches!(self.mode, ReplicationMode::Async { .. })
+            && !self.standby_connected()
+            && self.allows(u64::MAX)
+    }
+
+    /// What the store flusher may read up to (see `flushable`).
+    pub fn flushable(&self) -> Arc<AtomicU64> {
+        self.flushable.clone()
     }
 
     /// Journal retention must keep every record the standby does not have yet: once a

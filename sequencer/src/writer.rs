@@ -382,7 +382,7 @@ impl ShardWriter {
             timestamp_ns: last_timestamp,
             events: batch_events,
         });
-        self.gate.mark_released(durable);
+        self.gate.mark_replicated(durable);
         self.stats.last_sequence.store(durable, Ordering::Release);
         self.stats
             .durable_sequence

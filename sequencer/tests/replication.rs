@@ -236,6 +236,16 @@ fn sync_replies_wait_for_the_standby_and_a_promoted_standby_takes_over() {
         held.recv_timeout(Duration::from_millis(300)).is_err(),
         "replied while the link was cut"
     );
+    for shard in 0..2 {
+        let gate = primary.gate(shard);
+        let last = primary.stats(shard).last_sequence.load(Ordering::Acquire);
+        let flushable = gate.flushable().load(Ordering::Acquire);
+        assert!(
+            flushable <= gate.standby_durable() && flushable <= gate.released(),
+            "the store may only get what the standby holds"
+        );
+        assert!(flushable < last, "the held batch is not flushable");
+    }
     paused.store(false, Ordering::Release);
     held.recv_timeout(WAIT)
         .expect("replied after the link came back");
@@ -253,6 +263,16 @@ fn sync_replies_wait_for_the_standby_and_a_promoted_standby_takes_over() {
     }
     stop.store(true, Ordering::Release);
     pumping.join().expect("pump");
+    for (shard, (last, _)) in primary_state.iter().enumerate() {
+        let flushable = primary
+            .gate(shard as u16)
+            .flushable()
+            .load(Ordering::Acquire);
+        assert_eq!(
+            flushable, *last,
+            "everything held by the standby is flushable"
+        );
+    }
 
     // Promote: writes are taken, with the new epoch, and money is conserved.
     let last = standby.promote(2, WAIT).expect("promoted");
