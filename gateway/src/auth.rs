@@ -1,14 +1,17 @@
 //! Authentication: argon2id password hashes, HS256 access tokens with the seed's claims,
 //! opaque rotating refresh tokens, random ids.
 //!
-//! The JWT code is ours (about 80 lines over `ring`'s HMAC, already in the tree) instead of
-//! `jsonwebtoken`: the algorithm is pinned by construction — a header that is not exactly
-//! HS256 is refused before anything else, so `alg: none` or an RSA/HMAC confusion cannot get
-//! in — and the verification is `ring::hmac::verify`, constant time.
+//! Tokens are signed and checked by `jsonwebtoken` (the well-kept implementation, with the
+//! pure-Rust backend): the accepted algorithm list is exactly `[HS256]`, so `alg: none` or an
+//! RSA/HMAC confusion is refused by the library before the claims are read; the audience is
+//! required and checked. Expiry is checked here against the caller's clock (`now`), which
+//! keeps it testable and identical on every gateway.
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
@@ -33,35 +36,47 @@ pub struct Claims {
     pub aud: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-}
-
 /// Signs and checks tokens with one HMAC key.
-#[derive(Debug)]
 pub struct Jwt {
-    key: ring::hmac::Key,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
     pub audience: String,
 }
 
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Jwt")
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
 impl Jwt {
-    pub fn new(secret: &[u8], audience: &str) -> Jwt {
-        Jwt {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+    pub fn new(secret: &[u8], audience: &str) -> Result<Jwt, String> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        // Expiry and issue time are checked in `decode` against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        Ok(Jwt {
+            encoding: EncodingKey::from_secret(secret)
+                .map_err(|e| format!("JWT signing key: {e}"))?,
+            decoding: DecodingKey::from_secret(secret)
+                .map_err(|e| format!("JWT verification key: {e}"))?,
+            validation,
             audience: audience.to_owned(),
-        }
+        })
     }
 
     pub fn encode(&self, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        // Serialising a struct of strings and integers cannot fail.
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let signing_input = format!("{header}.{payload}");
-        let tag = ring::hmac::sign(&self.key, signing_input.as_bytes());
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        // HS256 over a struct of strings and integers does not fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .unwrap_or_default()
     }
 
     /// The claims of a valid token at `now` (unix seconds); `unauthorized` otherwise.
@@ -76,35 +91,23 @@ impl Jwt {
         if token.len() > TOKEN_BYTES_MAX {
             return Err(invalid("is too long"));
         }
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid("is not a JWS compact token"));
+        let claims = match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) => data.claims,
+            Err(error) => {
+                return Err(invalid(match error.kind() {
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        "uses an algorithm other than HS256"
+                    }
+                    ErrorKind::InvalidSignature => "has a bad signature",
+                    ErrorKind::InvalidAudience => "is for another audience",
+                    ErrorKind::MissingRequiredClaim(_) => "lacks a required claim",
+                    ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
+                        "is not a readable JWS compact token"
+                    }
+                    _ => "is invalid",
+                }));
+            }
         };
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(header)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or_else(|| invalid("has an unreadable header"))?;
-        if header.alg != "HS256" || header.typ.as_deref().is_some_and(|t| t != "JWT") {
-            return Err(invalid("uses an algorithm other than HS256"));
-        }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| invalid("has an unreadable signature"))?;
-        let signing_input_len = token.len() - signature_text_len(token);
-        ring::hmac::verify(
-            &self.key,
-            &token.as_bytes()[..signing_input_len],
-            &signature,
-        )
-        .map_err(|_| invalid("has a bad signature"))?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or_else(|| invalid("has unreadable claims"))?;
         if claims.aud != self.audience {
             return Err(invalid("is for another audience"));
         }
@@ -120,11 +123,6 @@ impl Jwt {
         }
         Ok(claims)
     }
-}
-
-/// Bytes of the signature part and its dot.
-fn signature_text_len(token: &str) -> usize {
-    token.rfind('.').map_or(0, |dot| token.len() - dot)
 }
 
 /// `n` random bytes from the operating system.
@@ -203,16 +201,16 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let jwt = Jwt::new(b"secret", "paycore");
+        let jwt = Jwt::new(b"secret", "paycore").expect("key");
         let token = jwt.encode(&claims(2000));
         assert_eq!(jwt.decode(&token, 1500).ok(), Some(claims(2000)));
         assert_eq!(
             jwt.decode(&token, 5000).err().map(|e| e.code),
             Some("token_expired")
         );
-        let other = Jwt::new(b"other", "paycore");
+        let other = Jwt::new(b"other", "paycore").expect("key");
         assert!(other.decode(&token, 1500).is_err());
-        let wrong_audience = Jwt::new(b"secret", "elsewhere");
+        let wrong_audience = Jwt::new(b"secret", "elsewhere").expect("key");
         assert!(wrong_audience.decode(&token, 1500).is_err());
         // alg: none with the signature stripped.
         let payload = token.split('.').nth(1).unwrap_or_default();

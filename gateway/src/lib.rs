@@ -345,8 +345,8 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
     Ok(Arc::new(AppState {
         store,
         core: core::Core::new(client_config(&args), metrics.clone()),
-        jwt: auth::Jwt::new(&secret, &args.jwt_audience),
-        challenge_jwt: auth::Jwt::new(&secret, &format!("{}:2fa", args.jwt_audience)),
+        jwt: auth::Jwt::new(&secret, &args.jwt_audience)?,
+        challenge_jwt: auth::Jwt::new(&secret, &format!("{}:2fa", args.jwt_audience))?,
         totp: args
             .totp_key
             .as_deref()
