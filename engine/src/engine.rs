@@ -47,6 +47,12 @@ pub struct EngineConfig {
     pub transfers_in_flight_max: usize,
     /// Seed of the in-memory indexes. Changes no outcome; pick it at random per process.
     pub hash_seed: u64,
+    /// Idempotency entries (and their index) allocated up front, so the table never grows —
+    /// and never pauses the writer to copy and rehash — below this size. Changes no outcome;
+    /// costs address space at once and memory as it fills. 0: grow on demand.
+    pub idempotency_entries_reserve: usize,
+    /// Wallet slots (and user-index entries) allocated up front; like the above.
+    pub wallets_reserve: usize,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +66,8 @@ impl Default for EngineConfig {
             holds_max: 4 << 20,
             transfers_in_flight_max: 1 << 20,
             hash_seed: 0,
+            idempotency_entries_reserve: 0,
+            wallets_reserve: 0,
         }
     }
 }
@@ -169,10 +177,13 @@ impl Engine {
             "wallet slots are u32"
         );
         let shards = usize::from(config.shard_count);
+        let wallets_reserve = config.wallets_reserve.min(config.wallets_max);
+        let wallets = Vec::with_capacity(wallets_reserve);
+        crate::huge_pages::advise(&wallets);
         Engine {
             currencies: Vec::new(),
-            wallets: Vec::new(),
-            user_index: HashTable::new(),
+            wallets,
+            user_index: HashTable::with_capacity(wallets_reserve),
             velocity: Vec::new(),
             tiers: HashMap::with_hasher(FixedState(config.hash_seed)),
             holds: Holds::new(config.hash_seed),
@@ -185,7 +196,8 @@ impl Engine {
                 config.idempotency_window_ns,
                 config.idempotency_entries_max,
                 config.hash_seed,
-            ),
+            )
+            .with_reserve(config.idempotency_entries_reserve),
             last_sequence: 0,
             last_timestamp_ns: 0,
             movements: 0,

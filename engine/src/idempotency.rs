@@ -379,6 +379,25 @@ pub(crate) struct IdempotencyTable {
 }
 
 impl IdempotencyTable {
+    /// Allocates room for `entries` entries (capped at the maximum) and an index that holds
+    /// them under its load limit, so nothing grows below that size.
+    pub(crate) fn with_reserve(mut self, entries: usize) -> Self {
+        let entries = entries.min(self.entries_max);
+        if entries == 0 {
+            return self;
+        }
+        self.entries.reserve_exact(entries);
+        // Keys average well under 32 bytes (UUIDs are 36; the arena compacts at half dead).
+        self.keys.bytes.reserve(entries.saturating_mul(32));
+        // Load stays at most 3/4: slots >= entries * 4 / 3.
+        let slots = entries.saturating_mul(4).div_ceil(3).next_power_of_two();
+        let bits = slots.trailing_zeros().clamp(Index::BITS_MIN, 32);
+        if bits > self.index.bits && self.index.len == 0 {
+            self.index = Index::with_bits(bits);
+        }
+        self
+    }
+
     pub(crate) fn new(window_ns: u64, entries_max: usize, seed: u64) -> Self {
         assert!(entries_max > 0);
         assert!(

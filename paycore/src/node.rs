@@ -86,6 +86,15 @@ pub struct NodeArgs {
     /// Size of each journal segment file, MiB (segments a snapshot covers are archived whole).
     #[arg(long, env = "PAYCORE_JOURNAL_SEGMENT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
     pub journal_segment_mib: u64,
+    /// Idempotency entries per shard allocated at start (up to 16 Mi, the table's maximum),
+    /// so the table never stops the shard writer to grow (a copy and rehash of millions of
+    /// entries: a latency spike of 0.1-1 s). Costs address space at once, memory as it fills
+    /// (about 80 B per entry). 0: grow on demand (small deployments).
+    #[arg(long, env = "PAYCORE_RESERVE_IDEMPOTENCY_ENTRIES", default_value_t = 0)]
+    pub reserve_idempotency_entries: usize,
+    /// Wallet slots per shard allocated at start (about 100 B each), for the same reason.
+    #[arg(long, env = "PAYCORE_RESERVE_WALLETS", default_value_t = 0)]
+    pub reserve_wallets: usize,
     /// Serve Prometheus metrics (`GET /metrics`: throughput, group commits, ring depth, fsync
     /// latency, replication lag) over HTTP on this address. Off by default.
     #[arg(long, env = "PAYCORE_METRICS_LISTEN")]
@@ -214,6 +223,8 @@ fn shard_count(args: &NodeArgs) -> u16 {
 fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
     let mut config = SequencerConfig::new(args.data_dir.clone(), shard_count(args));
     config.replication = args.replication.mode();
+    config.engine.idempotency_entries_reserve = args.reserve_idempotency_entries;
+    config.engine.wallets_reserve = args.reserve_wallets;
     config.ring_requests_max = args.ring_requests_max.max(1);
     config.batch_commands_max = args.batch_commands_max.max(1);
     config.journal.durability = if args.durability == "none" {
