@@ -206,6 +206,31 @@ impl Engine {
         }
     }
 
+    /// Allocates the room the config reserves (`idempotency_entries_reserve`,
+    /// `wallets_reserve`) on an engine that may hold state already — a clone keeps only the
+    /// room it uses, so a replica cloned from a reserved engine calls this to stay pause-free.
+    /// Changes no state.
+    pub fn reserve_as_configured(&mut self) {
+        let wallets = self.config.wallets_reserve.min(self.config.wallets_max);
+        if wallets > self.wallets.len() {
+            let capacity = self.wallets.capacity();
+            self.wallets.reserve_exact(wallets - self.wallets.len());
+            if self.wallets.capacity() != capacity {
+                crate::huge_pages::advise(&self.wallets);
+            }
+        }
+        let users = wallets.saturating_sub(self.user_index.len());
+        if users > 0 {
+            let (wallets, seed) = (&self.wallets, self.config.hash_seed);
+            self.user_index.reserve(users, |&s| {
+                let w = &wallets[s as usize];
+                user_currency_hash(seed, w.user.0, w.currency.0)
+            });
+        }
+        self.idempotency
+            .reserve(self.config.idempotency_entries_reserve);
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

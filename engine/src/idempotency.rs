@@ -382,20 +382,30 @@ impl IdempotencyTable {
     /// Allocates room for `entries` entries (capped at the maximum) and an index that holds
     /// them under its load limit, so nothing grows below that size.
     pub(crate) fn with_reserve(mut self, entries: usize) -> Self {
+        self.reserve(entries);
+        self
+    }
+
+    /// Like [`with_reserve`](Self::with_reserve) on a table that may hold entries already (a
+    /// clone, which keeps only the room it uses): re-places the index once if it is too small.
+    pub(crate) fn reserve(&mut self, entries: usize) {
         let entries = entries.min(self.entries_max);
         if entries == 0 {
-            return self;
+            return;
         }
-        self.entries.reserve_exact(entries);
+        self.entries
+            .reserve_exact(entries.saturating_sub(self.entries.len()));
         // Keys average well under 32 bytes (UUIDs are 36; the arena compacts at half dead).
-        self.keys.bytes.reserve(entries.saturating_mul(32));
+        let key_bytes = entries.saturating_mul(32);
+        self.keys
+            .bytes
+            .reserve(key_bytes.saturating_sub(self.keys.bytes.len()));
         // Load stays at most 3/4: slots >= entries * 4 / 3.
         let slots = entries.saturating_mul(4).div_ceil(3).next_power_of_two();
         let bits = slots.trailing_zeros().clamp(Index::BITS_MIN, 32);
-        if bits > self.index.bits && self.index.len == 0 {
-            self.index = Index::with_bits(bits);
+        while self.index.bits < bits {
+            self.index.grow();
         }
-        self
     }
 
     pub(crate) fn new(window_ns: u64, entries_max: usize, seed: u64) -> Self {

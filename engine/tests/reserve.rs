@@ -102,3 +102,59 @@ fn reserving_room_changes_nothing_observable() {
         );
     }
 }
+
+/// A clone given its reserve afterwards (the snapshot replica's case) stays equal.
+#[test]
+fn reserving_on_a_clone_changes_nothing_observable() {
+    let config = EngineConfig {
+        idempotency_entries_max: 2_000,
+        idempotency_entries_reserve: 1 << 16,
+        wallets_reserve: 1 << 12,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let mut effects = Effects::default();
+    let usd = CurrencyCode::parse("USD").expect("code");
+    let command = |key: &str, op: Op| Command::Client {
+        key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        op,
+    };
+    engine.apply(
+        1,
+        1,
+        &command(
+            "usd",
+            Op::RegisterCurrency {
+                code: usd,
+                scale: 2,
+            },
+        ),
+        &mut effects,
+    );
+    for user in 0..50u64 {
+        let open = command(
+            &format!("open-{user}"),
+            Op::OpenWallet {
+                user: UserId(u128::from(user) + 1),
+                currency: usd,
+            },
+        );
+        engine.apply(2 + user, 2 + user, &open, &mut effects);
+    }
+    let mut clone = engine.clone();
+    clone.reserve_as_configured();
+    assert_eq!(clone.state_hash(), engine.state_hash());
+    for (sequence, key) in [(100u64, "open-7"), (101, "again")] {
+        let open = command(
+            key,
+            Op::OpenWallet {
+                user: UserId(9_999),
+                currency: usd,
+            },
+        );
+        let a = engine.apply(sequence, sequence, &open, &mut effects);
+        let b = clone.apply(sequence, sequence, &open, &mut effects);
+        assert_eq!(a, b);
+    }
+    assert_eq!(clone.state_hash(), engine.state_hash());
+}

@@ -181,8 +181,12 @@ impl Sequencer {
                                 source,
                             }
                         })?;
+                    // A clone keeps only the room it uses: give the replica the reserve too,
+                    // so its tables do not grow (and burn a core rehashing) mid-load.
+                    let mut replica_engine = durable.engine.clone();
+                    replica_engine.reserve_as_configured();
                     let replica = Replica::new(
-                        durable.engine.clone(),
+                        replica_engine,
                         storage,
                         durable.journal.watermark(),
                         durable.paths.snapshots.clone(),
