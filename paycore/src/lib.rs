@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flush;
+pub mod frames;
 pub mod metrics;
 pub mod node;
 pub mod node_state;

@@ -21,6 +21,7 @@ use paycore_protocol::{
 };
 use paycore_sequencer::{ReplicationMode, Sequencer, SequencerConfig};
 
+use crate::frames::write_frame;
 use crate::node_state::{NodeState, Role};
 use crate::replication::{NodeRole, PrimaryLink};
 use paycore_snapshot::SnapshotPolicy;
@@ -682,17 +683,6 @@ async fn answer(frame: Frame, sequencer: &Arc<Sequencer>) -> Frame {
 const SUBSCRIPTION_BATCHES_PER_TURN: usize = 64;
 /// How long an idle subscription waits before looking for new events again.
 const SUBSCRIPTION_IDLE_MS: u64 = 2;
-
-/// Writes one frame on a subscription stream; false when the client has gone.
-async fn write_frame(
-    send: &mut quinn::SendStream,
-    request_id: u64,
-    frame: &Frame,
-    bytes: &mut Vec<u8>,
-) -> bool {
-    bytes.clear();
-    encode(frame, request_id, bytes).is_ok() && send.write_all(bytes).await.is_ok()
-}
 
 /// Streams the committed events of every shard from the requested positions until the client
 /// goes away: per shard in sequence order, one `events` frame per command with events, and a

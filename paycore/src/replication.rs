@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 
 use paycore_journal::format::{Parsed, parse_record, record_bytes, write_record};
 use paycore_journal::{JournalReader, MmapStorage};
-use paycore_protocol::{
-    EpochStart, ErrorCode, FRAME_BYTES_MAX, Frame, REPLICA_RECORDS_BYTES_MAX, decode, encode,
-};
+use paycore_protocol::{EpochStart, ErrorCode, Frame, REPLICA_RECORDS_BYTES_MAX};
 use paycore_sequencer::{ReplicationMode, Sequencer};
 use serde_json::json;
 
+use crate::frames::{read_frame, send_frame};
 use crate::node_state::{NodeState, Role};
 
 /// Records per `replica_records` frame (fewer when they would pass the byte limit).
@@ -173,35 +172,6 @@ fn mode_byte(mode: ReplicationMode) -> u8 {
         ReplicationMode::Async { .. } => 1,
         ReplicationMode::Sync => 2,
     }
-}
-
-/// Writes one frame; false when the peer has gone.
-async fn send_frame(send: &mut quinn::SendStream, request_id: u64, frame: &Frame) -> bool {
-    let mut bytes = Vec::new();
-    if encode(frame, request_id, &mut bytes).is_err() {
-        return false;
-    }
-    send.write_all(&bytes).await.is_ok()
-}
-
-/// Reads one whole frame (`Ok(None)` at the end of the stream).
-pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u64, Frame)>, String> {
-    let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(error) => return Err(error.to_string()),
-    }
-    let frame_bytes = 4 + u32::from_le_bytes(prefix) as usize;
-    if frame_bytes > FRAME_BYTES_MAX {
-        return Err(format!("frame of {frame_bytes} bytes"));
-    }
-    let mut bytes = vec![0u8; frame_bytes];
-    bytes[..4].copy_from_slice(&prefix);
-    recv.read_exact(&mut bytes[4..])
-        .await
-        .map_err(|e| e.to_string())?;
-    decode(&bytes).map(Some).map_err(|e| e.to_string())
 }
 
 /// What a primary answers a hello with, before streaming.
