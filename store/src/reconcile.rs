@@ -11,22 +11,28 @@
 //! 4. every idempotency record the engine holds is stored with the same outcome, and the stored
 //!    open holds are exactly the engine's.
 //!
-//! Memory: streams are merged in id order through cursors ([`FETCH_ROWS_MAX`] rows at a time);
-//! what is held is one shard's engine (as the node itself holds it), never the store's rows.
+//! Memory, what scales with what: one shard's engine at a time (as the node itself holds it,
+//! rebuilt for the shard and dropped before the next), plus a bounded amount: the store's rows
+//! arrive through cursors ([`FETCH_ROWS_MAX`] rows a fetch, at most three cursors open), merged
+//! in id order with the engine's wallets, which are walked in place; idempotency records and
+//! holds are looked up in the engine's own tables ([`records`]); the report keeps at most
+//! [`DISCREPANCIES_LISTED_MAX`] discrepancies. Nothing grows with the number of stored rows or
+//! copies the engine — except naming idempotency records or holds the store *lacks*, which walks
+//! an engine image (see [`records`]) and happens only when such a record exists.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use paycore_engine::codec::decode_outcome;
 use paycore_engine::{EngineConfig, WalletId};
 
 use crate::decimal::{format_minor, parse_minor};
 use crate::flusher::{FlushError, FlusherConfig, engine_at};
-use crate::rows::{outcome_text, wallet_row};
-use crate::schema::{parse_uuid, uuid_text};
+use crate::rows::wallet_row;
 use crate::store::{FETCH_ROWS_MAX, Pull, Query, Store, StoreError, StoreTarget};
+
+mod records;
 
 /// Discrepancies listed in the report (all are counted).
 pub const DISCREPANCIES_LISTED_MAX: usize = 10_000;
@@ -621,145 +627,9 @@ fn reconcile_shard(
         },
     )?;
 
-    // Check 4: idempotency records and open holds, against the engine's image.
+    // Check 4: idempotency records and open holds (bounded memory: see `records`).
     progress.stage(shard, "idempotency records and holds", None);
-    let image = engine.to_image();
-    let mut keys: Vec<(Vec<u8>, String, Option<String>)> =
-        Vec::with_capacity(image.idempotency.len());
-    let mut offset = 0usize;
-    for record in &image.idempotency {
-        let end = offset + usize::from(record.key_len);
-        let key = image
-            .idempotency_keys
-            .get(offset..end)
-            .unwrap_or_default()
-            .to_vec();
-        offset = end;
-        let (outcome, _) = decode_outcome(&record.outcome)
-            .map_err(|e| StoreError::Invalid(format!("engine outcome: {e}")))?;
-        let transaction = crate::rows::outcome_transaction(&outcome).map(uuid_text);
-        keys.push((key, outcome_text(&outcome), transaction));
-    }
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let hex = |bytes: &[u8]| {
-        bytes.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-    };
-    let mut holds: Vec<_> = image
-        .holds
-        .iter()
-        .map(|h| (h.id, h.wallet, h.amount))
-        .collect();
-    holds.sort_unstable();
-    store.cursors(
-        &[Query::Idempotency, Query::OpenHolds],
-        shard,
-        &mut |pulls| {
-            let mut expected = keys.iter().peekable();
-            let mut ahead = pulls[0].pull()?;
-            loop {
-                let stored_key = ahead.as_ref().map(|r| col(r, 0).to_string());
-                let engine_key = expected.peek().map(|(k, _, _)| hex(k));
-                let key = match (&stored_key, &engine_key) {
-                    (None, None) => break,
-                    (Some(s), Some(e)) => s.min(e).clone(),
-                    (Some(k), None) | (None, Some(k)) => k.clone(),
-                };
-                let stored = if stored_key.as_ref() == Some(&key) {
-                    let row = ahead.take();
-                    ahead = pulls[0].pull()?;
-                    summary.idempotency_records += 1;
-                    row.map(|r| (col(&r, 1).to_string(), r.get(2).cloned().flatten()))
-                } else {
-                    None
-                };
-                if engine_key.as_ref() == Some(&key) {
-                    let Some((_, outcome, transaction)) = expected.next() else {
-                        unreachable!("peeked")
-                    };
-                    let want = (outcome.clone(), transaction.clone());
-                    if stored.as_ref() != Some(&want) {
-                        report.add(Discrepancy {
-                            check: "4-idempotency",
-                            shard,
-                            subject: format!("key {key}"),
-                            expected: format!("outcome {} transaction {:?}", want.0, want.1),
-                            found: stored.map_or_else(
-                                || "no record".into(),
-                                |s| format!("outcome {} transaction {:?}", s.0, s.1),
-                            ),
-                        });
-                    }
-                }
-                // A stored key the engine no longer holds aged out of its window: not a discrepancy.
-            }
-            let mut expected = holds.iter().peekable();
-            let mut ahead = pulls[1].pull()?;
-            loop {
-                let stored_id = match &ahead {
-                    Some(row) => Some(id_of(row, "hold")?),
-                    None => None,
-                };
-                let engine_id = expected.peek().map(|h| h.0);
-                let Some(id) = [stored_id, engine_id].into_iter().flatten().min() else {
-                    break;
-                };
-                let stored = if stored_id == Some(id) {
-                    let Some(row) = ahead.take() else {
-                        unreachable!("id came from it")
-                    };
-                    ahead = pulls[1].pull()?;
-                    summary.open_holds += 1;
-                    Some((col(&row, 1).to_string(), col(&row, 2).to_string()))
-                } else {
-                    None
-                };
-                let want = if engine_id == Some(id) {
-                    let Some(&(_, wallet, amount)) = expected.next() else {
-                        unreachable!("peeked")
-                    };
-                    let scale = engine
-                        .wallet(WalletId(wallet))
-                        .and_then(|w| engine.currency(w.currency))
-                        .map_or(0, |c| c.scale);
-                    Some((wallet, amount, scale))
-                } else {
-                    None
-                };
-                let matches = match (&stored, &want) {
-                    (Some((wallet, amount)), Some((w, a, scale))) => {
-                        wallet.parse::<u64>().ok() == Some(*w)
-                            && parse_minor(amount, *scale).ok() == Some(*a as i128)
-                    }
-                    _ => false,
-                };
-                if !matches {
-                    report.add(Discrepancy {
-                        check: "4-holds",
-                        shard,
-                        subject: format!("hold {id}"),
-                        expected: want.map_or_else(
-                            || "not open".into(),
-                            |(w, a, scale)| {
-                                format!(
-                                    "open on wallet {w}, amount {}",
-                                    format_minor(a as i128, scale)
-                                )
-                            },
-                        ),
-                        found: stored.map_or_else(
-                            || "not open in the store".into(),
-                            |(w, a)| format!("open on wallet {w}, amount {a}"),
-                        ),
-                    });
-                }
-            }
-            Ok(())
-        },
-    )?;
-    let _ = parse_uuid;
+    records::check(&engine, store, shard, &mut summary, report)?;
     report.shards.push(summary);
     Ok(())
 }

@@ -173,6 +173,85 @@ fn scenario(target: &StoreTarget, data_dir: &Path) {
     let json = report.to_json();
     assert_eq!(json["ok"], false);
     assert!(json["discrepancy_count"].as_u64().unwrap_or(0) >= 1);
+
+    // Check 4 without an engine image: a changed outcome is found by looking the stored key up
+    // in the engine; a deleted record, and a hold closed in the store only, by counting, and
+    // then named.
+    let (hex_of, key_literal): (&str, fn(&str) -> String) = if store.is_postgres() {
+        ("encode(idempotency_key, 'hex')", |k| {
+            format!("decode('{k}', 'hex')")
+        })
+    } else {
+        ("lower(hex(idempotency_key))", |k| format!("x'{k}'"))
+    };
+    let latest_keys = |store: &mut Store, skip: u32| {
+        store
+            .query_text(&format!(
+                "SELECT {hex_of} FROM transaction_idempotency WHERE outcome = 'transferred'
+                 ORDER BY sequence DESC LIMIT 1 OFFSET {skip}"
+            ))
+            .expect("query")
+            .expect("a transferred key")
+    };
+    let (changed, deleted) = (latest_keys(&mut store, 0), latest_keys(&mut store, 1));
+    store
+        .execute_batch(&format!(
+            "UPDATE transaction_idempotency SET outcome = 'rejected:insufficient_funds'
+             WHERE idempotency_key = {};
+             DELETE FROM transaction_idempotency WHERE idempotency_key = {};",
+            key_literal(&changed),
+            key_literal(&deleted)
+        ))
+        .expect("tamper idempotency");
+    let open_holds = |store: &mut Store, skip: u32| {
+        store
+            .query_text(&format!(
+                "SELECT CAST(id AS TEXT) FROM holds WHERE status = 'open' ORDER BY id
+                 LIMIT 1 OFFSET {skip}"
+            ))
+            .expect("query")
+            .expect("two open holds in the workload")
+    };
+    let (closed, shrunk) = (open_holds(&mut store, 0), open_holds(&mut store, 1));
+    store
+        .execute_batch(&format!(
+            "UPDATE holds SET status = 'released' WHERE id = {closed};
+             UPDATE holds SET amount = '0.01' WHERE id = {shrunk};"
+        ))
+        .expect("tamper holds");
+    let report = check(data_dir, target);
+    let found = |check: &str, subject: &str, found: &str| {
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.check == check && d.subject == subject && d.found.contains(found))
+    };
+    let summary = report.summary();
+    assert!(
+        found("4-idempotency", &format!("key {changed}"), "rejected"),
+        "{summary}"
+    );
+    assert!(
+        found("4-idempotency", &format!("key {deleted}"), "no record"),
+        "{summary}"
+    );
+    assert!(
+        found("4-holds", &format!("hold {closed}"), "not open in the store"),
+        "{summary}"
+    );
+    assert!(
+        found("4-holds", &format!("hold {shrunk}"), "amount 0.01"),
+        "{summary}"
+    );
+    assert_eq!(
+        report
+            .discrepancies
+            .iter()
+            .filter(|d| d.check.starts_with('4'))
+            .count(),
+        4,
+        "{summary}"
+    );
 }
 
 #[test]
