@@ -236,7 +236,11 @@ fn scenario(target: &StoreTarget, data_dir: &Path) {
         "{summary}"
     );
     assert!(
-        found("4-holds", &format!("hold {closed}"), "not open in the store"),
+        found(
+            "4-holds",
+            &format!("hold {closed}"),
+            "not open in the store"
+        ),
         "{summary}"
     );
     assert!(

@@ -193,8 +193,8 @@ fn missing_key(
     key: &[u8],
     outcome: &[u8; paycore_engine::codec::OUTCOME_BYTES_MAX],
 ) -> Result<Discrepancy, StoreError> {
-    let (outcome, _) = decode_outcome(outcome)
-        .map_err(|e| StoreError::Invalid(format!("engine outcome: {e}")))?;
+    let (outcome, _) =
+        decode_outcome(outcome).map_err(|e| StoreError::Invalid(format!("engine outcome: {e}")))?;
     Ok(Discrepancy {
         check: "4-idempotency",
         shard,
