@@ -212,13 +212,7 @@ impl Engine {
     /// Changes no state.
     pub fn reserve_as_configured(&mut self) {
         let wallets = self.config.wallets_reserve.min(self.config.wallets_max);
-        if wallets > self.wallets.len() {
-            let capacity = self.wallets.capacity();
-            self.wallets.reserve_exact(wallets - self.wallets.len());
-            if self.wallets.capacity() != capacity {
-                crate::huge_pages::advise(&self.wallets);
-            }
-        }
+        crate::huge_pages::reserve_exact(&mut self.wallets, wallets);
         let users = wallets.saturating_sub(self.user_index.len());
         if users > 0 {
             let (wallets, seed) = (&self.wallets, self.config.hash_seed);
@@ -1093,7 +1087,9 @@ impl Engine {
     ) -> u32 {
         let slot = self.wallets.len() as u32;
         assert!((slot as usize) < self.config.wallets_max);
-        let capacity = self.wallets.capacity();
+        if self.wallets.len() == self.wallets.capacity() {
+            crate::huge_pages::grow(&mut self.wallets, self.config.wallets_max);
+        }
         let now = self.last_timestamp_ns;
         self.wallets.push(Wallet {
             available: 0,
@@ -1109,9 +1105,6 @@ impl Engine {
             open_obligations: 0,
             velocity: NO_VELOCITY,
         });
-        if self.wallets.capacity() != capacity {
-            crate::huge_pages::advise(&self.wallets);
-        }
         self.record(Undo::WalletPushed);
         if kind == WalletKind::User {
             self.index_insert(slot);
