@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use paycore_engine::EngineConfig;
-use paycore_store::flusher::{BATCH_RECORDS_LIMIT, FlushStatus, FlusherConfig};
+use paycore_store::durability::DURABLE_INTERVAL_MS_MAX_DEFAULT;
+use paycore_store::flusher::{
+    BATCH_RECORDS_DEFAULT, BATCH_RECORDS_LIMIT, FlushStatus, FlusherConfig,
+};
 use paycore_store::store::StoreTarget;
 
 /// Where and how the flusher writes. Flattened into `paycore node` and `paycore flush`.
@@ -27,8 +30,17 @@ pub struct StoreArgs {
     #[arg(long, env = "PAYCORE_POSTGRES_SCHEMA", default_value = "public")]
     pub postgres_schema: String,
     /// Most journal records per SQL transaction (1 ..= 1048576).
-    #[arg(long, env = "PAYCORE_FLUSH_BATCH_RECORDS_MAX", default_value_t = 8192)]
+    #[arg(long, env = "PAYCORE_FLUSH_BATCH_RECORDS_MAX", default_value_t = BATCH_RECORDS_DEFAULT)]
     pub flush_batch_records_max: usize,
+    /// Longest time between durable commits while the flusher has a backlog, in milliseconds
+    /// (other commits do not wait for the store's log flush; journal retention only trusts
+    /// durable ones). 0: every commit durable.
+    #[arg(
+        long,
+        env = "PAYCORE_FLUSH_DURABLE_INTERVAL_MS_MAX",
+        default_value_t = DURABLE_INTERVAL_MS_MAX_DEFAULT
+    )]
+    pub flush_durable_interval_ms_max: u64,
     /// Longest wait between retries while the store is unreachable, in milliseconds.
     #[arg(
         long,
@@ -100,8 +112,8 @@ pub struct FlushHandles {
 }
 
 impl FlushHandles {
-    /// Last sequence of `shard` committed in the store: journal retention keeps every segment
-    /// holding a later record.
+    /// Last sequence of `shard` durably committed in the store (a store crash cannot take it
+    /// back): journal retention keeps every segment holding a later record.
     pub fn flushed_sequence(&self, shard: u16) -> Option<Arc<AtomicU64>> {
         self.shards
             .get(usize::from(shard))
@@ -200,6 +212,7 @@ pub fn start_flushers(
         );
         config.batch_records_max = args.flush_batch_records_max;
         config.retry_backoff_ms_max = args.flush_retry_backoff_ms_max;
+        config.durable_interval_ms_max = args.flush_durable_interval_ms_max;
         config.watermark = watermark;
         config.stop_at_end = stop_at_end;
         let status = Arc::new(FlushStatus::default());

@@ -7,6 +7,9 @@
 //! checkpoint, repeat. A failed write is retried with capped exponential backoff on a fresh
 //! connection; the batch is kept, and a commit whose answer was lost is recognised by the
 //! checkpoint having already moved to the batch's end.
+//!
+//! A batch's commit is durable or deferred ([`crate::durability`]): only durable commits move
+//! `FlushStatus::flushed_sequence`, which journal retention trusts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,12 +20,15 @@ use paycore_engine::codec::decode_command;
 use paycore_engine::{Effects, Engine, EngineConfig};
 use paycore_snapshot::{ShardPaths, list_snapshots, read_snapshot};
 
+use crate::durability::{DURABLE_INTERVAL_MS_MAX_DEFAULT, Watermarks};
 use crate::follow::Follower;
 use crate::rows::BatchRows;
 use crate::store::{Store, StoreError, StoreTarget};
 
-/// Default most journal records per SQL transaction.
-pub const BATCH_RECORDS_DEFAULT: usize = 8192;
+/// Default most journal records per SQL transaction. Larger batches write each touched wallet
+/// once for more movements and pay fewer round trips and commits (BENCHMARKS.md "Store"); the
+/// rows of one batch are held in memory (about 1 KB per record).
+pub const BATCH_RECORDS_DEFAULT: usize = 32_768;
 /// Upper limit of `batch_records_max` (rows of one batch are held in memory).
 pub const BATCH_RECORDS_LIMIT: usize = 1 << 20;
 /// First retry delay after a failed write or connect; doubles up to `retry_backoff_ms_max`.
@@ -39,6 +45,9 @@ pub struct FlusherConfig {
     pub target: StoreTarget,
     pub batch_records_max: usize,
     pub retry_backoff_ms_max: u64,
+    /// Longest time between durable commits while batches are full ([`crate::durability`]);
+    /// 0 makes every commit durable.
+    pub durable_interval_ms_max: u64,
     /// The journal writer's durable sequence when running inside a node; `None` reads to the end
     /// of the valid data (a stopped node's folder).
     pub watermark: Option<Arc<AtomicU64>>,
@@ -54,6 +63,7 @@ impl FlusherConfig {
             target,
             batch_records_max: BATCH_RECORDS_DEFAULT,
             retry_backoff_ms_max: 5_000,
+            durable_interval_ms_max: DURABLE_INTERVAL_MS_MAX_DEFAULT,
             watermark: None,
             stop_at_end: false,
         }
@@ -102,8 +112,12 @@ pub enum FlushError {
 /// What a running flusher exports (shared with the node's status and journal retention).
 #[derive(Debug, Default)]
 pub struct FlushStatus {
-    /// Last sequence whose rows are committed in the store (retention keeps everything after).
+    /// Last sequence whose rows are durably committed in the store: a store crash cannot lose
+    /// them (retention keeps everything after).
     pub flushed_sequence: Arc<AtomicU64>,
+    /// Last sequence whose rows are committed, durably or not (readers of the store see them;
+    /// a store crash may take back what is after `flushed_sequence`).
+    pub committed_sequence: AtomicU64,
     /// Last sequence read from the journal and applied to the shadow engine.
     pub read_sequence: AtomicU64,
     /// Command timestamp of the oldest record read but not yet committed (0: none).
@@ -217,6 +231,30 @@ impl Shard<'_> {
                         return Err(FlushError::Stopped);
                     }
                 }
+            }
+        }
+    }
+
+    /// One attempt, no retry (the flusher is stopping), to make the deferred commits durable
+    /// and report them; if it fails they stay unreported and the next run writes or checks
+    /// them again.
+    fn durable_before_stop(&mut self, marks: &mut Watermarks) {
+        if !marks.behind() {
+            return;
+        }
+        let shard = self.shard();
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.make_durable(shard, marks.committed_sequence()) {
+            Ok(()) => {
+                marks.made_durable(Instant::now());
+                self.status
+                    .flushed_sequence
+                    .store(marks.durable_sequence(), Ordering::Release);
+            }
+            Err(error) => {
+                tracing::warn!(shard, %error, "deferred commits left unreported at stop");
             }
         }
     }
@@ -360,7 +398,16 @@ fn run_from_checkpoint(
         backoff_ms: RETRY_BACKOFF_MS_MIN,
     };
     let checkpoint = shard.with_store(|s| s.checkpoint(shard_id))?;
+    // The checkpoint may be a deferred commit of an earlier run: made durable before it is
+    // reported (and checked: a store that lost commits shows a lower one).
+    if checkpoint > 0 {
+        shard.with_store(|s| s.make_durable(shard_id, checkpoint))?;
+    }
     status.flushed_sequence.store(checkpoint, Ordering::Release);
+    status
+        .committed_sequence
+        .store(checkpoint, Ordering::Release);
+    let mut marks = Watermarks::new(checkpoint, config.durable_interval_ms_max, Instant::now());
     let mut engine = load_engine(config, checkpoint)?;
     let paths = ShardPaths::new(&config.data_dir, shard_id);
     let mut follower = Follower::new(
@@ -396,6 +443,7 @@ fn run_from_checkpoint(
     let mut idle_ms = IDLE_POLL_MS_MIN;
     loop {
         if stop.load(Ordering::Acquire) {
+            shard.durable_before_stop(&mut marks);
             return Ok(());
         }
         rows.clear();
@@ -409,6 +457,18 @@ fn run_from_checkpoint(
             &mut epoch,
         )?;
         if read == 0 {
+            // Caught up with the journal: nothing to gain by leaving a commit deferred.
+            if marks.behind() {
+                match shard.with_store(|s| s.make_durable(shard_id, marks.committed_sequence())) {
+                    Ok(()) => {}
+                    Err(FlushError::Stopped) => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+                marks.made_durable(Instant::now());
+                status
+                    .flushed_sequence
+                    .store(marks.durable_sequence(), Ordering::Release);
+            }
             if config.stop_at_end {
                 status.finished.store(true, Ordering::Release);
                 return Ok(());
@@ -433,7 +493,8 @@ fn run_from_checkpoint(
             .store(first_ns.max(1), Ordering::Release);
         let previous = rows.first_sequence - 1;
         let last = rows.last_sequence;
-        let written = shard.with_store(|store| match store.write_batch(&rows, previous) {
+        let commit = marks.commit_for(read == batch_records_max, Instant::now());
+        let written = shard.with_store(|store| match store.write_batch(&rows, previous, commit) {
             // The commit went through but its answer was lost: the checkpoint says so.
             Err(StoreError::CheckpointMoved {
                 found: Some(found), ..
@@ -442,10 +503,17 @@ fn run_from_checkpoint(
         });
         match written {
             Ok(()) => {}
-            Err(FlushError::Stopped) => return Ok(()),
+            Err(FlushError::Stopped) => {
+                shard.durable_before_stop(&mut marks);
+                return Ok(());
+            }
             Err(error) => return Err(error),
         }
-        status.flushed_sequence.store(last, Ordering::Release);
+        marks.committed(last, commit, Instant::now());
+        status.committed_sequence.store(last, Ordering::Release);
+        status
+            .flushed_sequence
+            .store(marks.durable_sequence(), Ordering::Release);
         status.oldest_pending_ns.store(0, Ordering::Release);
     }
 }

@@ -12,7 +12,8 @@
 //!   unless the stored checkpoint is exactly where this flusher left it. A restarted flusher
 //!   loads the newest snapshot at or below its checkpoint, replays the journal up to it without
 //!   writing, and continues. A failed write is retried with capped exponential backoff; the core
-//!   never waits for the store.
+//!   never waits for the store. Commits need not each be durable ([`durability`]): the
+//!   flusher reports as flushed, for journal retention, only what a durable commit covered.
 //! - the **reconciliation** job ([`reconcile`]): read-only, streaming, it checks that balances
 //!   sum to zero per currency, that each balance equals its postings and each movement's
 //!   postings balance, that the stored wallets equal the engine's at the flushed sequence, and
@@ -34,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decimal;
+pub mod durability;
 pub mod flusher;
 pub mod follow;
 pub mod postgres;

@@ -4,6 +4,19 @@
 //! records is about ten round trips whatever its size. Movement partitions are created inside
 //! the same transaction, under an advisory lock, before the first row of a month (and the month
 //! after the batch's last timestamp, ahead of time).
+//!
+//! Why the writer's session settings (all measured, BENCHMARKS.md "Store"):
+//! - `synchronous_commit = off`: a batch's commit does not wait for the WAL flush, except the
+//!   durable ones ([`Commit::Durable`]: `SET LOCAL synchronous_commit = on`), which are the only
+//!   ones journal retention trusts ([`crate::durability`]);
+//! - `enable_hashjoin` / `enable_mergejoin` off: every join the writer makes is one batch's
+//!   staged rows against a large table by its key, where an index nested loop is right, but a
+//!   temporary table has no statistics and the planner picked a hash join that scans the whole
+//!   `wallets` table for each batch;
+//! - wallets are `UPDATE`d from the staging table (an index probe and a new row version each);
+//!   only when some were not there (wallets opened in the batch) does an
+//!   `INSERT … ON CONFLICT DO NOTHING` follow. An upsert of every wallet also locks each row
+//!   first (one more WAL record per wallet) and was ~15% slower.
 
 use std::collections::HashSet;
 
@@ -11,6 +24,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
 use crate::decimal::format_minor;
+use crate::durability::Commit;
 use crate::rows::BatchRows;
 use crate::schema::{self, uuid_text};
 use crate::store::{FETCH_ROWS_MAX, Pull, PullsFn, Query, StoreError};
@@ -107,7 +121,8 @@ impl PgStore {
         } else {
             format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
-                 SET statement_timeout = '120s';"
+                 SET statement_timeout = '120s'; SET synchronous_commit = off; \
+                 SET enable_hashjoin = off; SET enable_mergejoin = off;"
             )
         };
         store.batch_execute(&sql)?;
@@ -169,7 +184,40 @@ impl PgStore {
             .collect())
     }
 
-    pub fn write_batch(&mut self, rows: &BatchRows, previous: u64) -> Result<(), StoreError> {
+    pub fn make_durable(&mut self, shard: u16, expected: u64) -> Result<(), StoreError> {
+        let client = &mut self.client;
+        self.runtime.block_on(async {
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await?;
+            // A row written, so the commit has a WAL record to flush (and every earlier commit
+            // before it).
+            let found = tx
+                .query_opt(
+                    "UPDATE flush_checkpoints SET updated_at = now() AT TIME ZONE 'UTC'
+                     WHERE shard = $1 RETURNING last_sequence",
+                    &[&i32::from(shard)],
+                )
+                .await?
+                .map(|r| r.get::<_, i64>(0) as u64);
+            if found.unwrap_or(0) != expected {
+                return Err(StoreError::CheckpointMoved {
+                    shard,
+                    expected,
+                    found,
+                });
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub fn write_batch(
+        &mut self,
+        rows: &BatchRows,
+        previous: u64,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
         let mut months: Vec<Month> = rows
             .transactions
             .iter()
@@ -182,7 +230,7 @@ impl PgStore {
         let schema = self.schema.clone();
         let client = &mut self.client;
         self.runtime
-            .block_on(write(client, &schema, rows, previous, &months))?;
+            .block_on(write(client, &schema, rows, previous, commit, &months))?;
         self.months.extend(months);
         Ok(())
     }
@@ -389,8 +437,10 @@ async fn write(
     schema: &str,
     rows: &BatchRows,
     previous: u64,
+    commit: Commit,
     months: &[Month],
 ) -> Result<(), StoreError> {
+    let mut phases = Phases::start();
     let tx = client.transaction().await?;
     let shard = i32::from(rows.shard);
     let found = tx
@@ -432,6 +482,7 @@ async fn write(
         )
         .await?;
     }
+    phases.lap("checkpoint_partitions_currencies");
     if !rows.wallets.is_empty() {
         let mut c = CopyText::with_capacity(rows.wallets.len());
         for w in &rows.wallets {
@@ -450,15 +501,25 @@ async fn write(
                 .end();
         }
         copy_in(&tx, "COPY wallets_stage FROM STDIN", c).await?;
-        tx.execute(
-            "INSERT INTO wallets SELECT * FROM wallets_stage
-             ON CONFLICT (id) DO UPDATE SET balance = excluded.balance,
-                available_balance = excluded.available_balance,
-                frozen_balance = excluded.frozen_balance, version = excluded.version,
-                status = excluded.status, updated_at = excluded.updated_at",
-            &[],
-        )
-        .await?;
+        phases.lap("wallets_copy");
+        let updated = tx
+            .execute(
+                "UPDATE wallets w SET balance = s.balance,
+                    available_balance = s.available_balance, frozen_balance = s.frozen_balance,
+                    version = s.version, status = s.status, updated_at = s.updated_at
+                 FROM wallets_stage s WHERE w.id = s.id",
+                &[],
+            )
+            .await?;
+        phases.lap("wallets_update");
+        if updated < rows.wallets.len() as u64 {
+            tx.execute(
+                "INSERT INTO wallets SELECT * FROM wallets_stage ON CONFLICT (id) DO NOTHING",
+                &[],
+            )
+            .await?;
+            phases.lap("wallets_insert");
+        }
     }
     if !rows.transactions.is_empty() {
         let mut c = CopyText::with_capacity(rows.transactions.len());
@@ -484,6 +545,7 @@ async fn write(
             c,
         )
         .await?;
+        phases.lap("transactions");
     }
     if !rows.status_updates.is_empty() {
         let u = &rows.status_updates;
@@ -499,6 +561,7 @@ async fn write(
             &[&ids, &shards, &statuses, &reasons],
         )
         .await?;
+        phases.lap("status_updates");
     }
     if !rows.entries.is_empty() {
         let mut c = CopyText::with_capacity(rows.entries.len());
@@ -518,6 +581,7 @@ async fn write(
             c,
         )
         .await?;
+        phases.lap("entries");
     }
     if !rows.idempotency.is_empty() {
         let mut c = CopyText::with_capacity(rows.idempotency.len());
@@ -541,6 +605,7 @@ async fn write(
             &[],
         )
         .await?;
+        phases.lap("idempotency");
     }
     if !rows.holds.is_empty() {
         let h = &rows.holds;
@@ -625,6 +690,51 @@ async fn write(
         ],
     )
     .await?;
+    if commit == Commit::Durable {
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await?;
+    }
+    phases.lap("holds_checkpoint");
     tx.commit().await?;
+    phases.lap("commit");
+    tracing::debug!(
+        shard,
+        records = rows.last_sequence - previous,
+        wallets = rows.wallets.len(),
+        durable = commit == Commit::Durable,
+        phases = %phases,
+        "batch written"
+    );
     Ok(())
+}
+
+/// Where one batch's time went, in microseconds per phase (a debug log line per batch: the
+/// figures in BENCHMARKS.md "Store" come from it).
+struct Phases {
+    at: std::time::Instant,
+    laps: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            at: std::time::Instant::now(),
+            laps: Vec::with_capacity(12),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((name, (now - self.at).as_micros()));
+        self.at = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, us)) in self.laps.iter().enumerate() {
+            write!(f, "{}{name}={us}", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
+    }
 }

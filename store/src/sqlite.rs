@@ -1,14 +1,17 @@
 //! The embedded backend: one SQLite file, WAL journal, one SQL transaction per batch with
-//! prepared statements. `synchronous = NORMAL` in WAL mode may lose the last transactions at a
-//! power cut but never tears one: rows and checkpoint go back together, and the flusher writes
-//! them again. Several shard flushers share the file; SQLite serialises their transactions
-//! (`busy_timeout`).
+//! prepared statements. A deferred commit runs with `synchronous = NORMAL`, which in WAL mode may
+//! lose the last transactions at a power cut but never tears one: rows and checkpoint go back
+//! together, and the flusher writes them again. A durable one runs with `synchronous = FULL`
+//! (the WAL is synced at its commit, and with it every earlier commit in the same file): only
+//! those move the watermark journal retention trusts ([`crate::durability`]). Several shard
+//! flushers share the file; SQLite serialises their transactions (`busy_timeout`).
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::decimal::format_minor;
+use crate::durability::Commit;
 use crate::rows::BatchRows;
 use crate::schema::{self, uuid_text};
 use crate::store::{Pull, PullsFn, Query, StoreError};
@@ -25,6 +28,8 @@ const WAL_CHECKPOINT_EVERY_BATCHES: u64 = 16;
 pub struct SqliteStore {
     connection: Connection,
     batches: u64,
+    /// The connection's `synchronous` setting now.
+    synchronous: Commit,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -47,6 +52,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             connection,
             batches: 0,
+            synchronous: Commit::Deferred,
         })
     }
 
@@ -58,6 +64,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             connection,
             batches: 0,
+            synchronous: Commit::Deferred,
         })
     }
 
@@ -111,7 +118,55 @@ impl SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn write_batch(&mut self, rows: &BatchRows, previous: u64) -> Result<(), StoreError> {
+    /// `synchronous` for the next transaction: FULL for a durable commit, else NORMAL.
+    fn set_synchronous(&mut self, commit: Commit) -> Result<(), StoreError> {
+        if self.synchronous != commit {
+            let level = match commit {
+                Commit::Durable => "FULL",
+                Commit::Deferred => "NORMAL",
+            };
+            self.connection.pragma_update(None, "synchronous", level)?;
+            self.synchronous = commit;
+        }
+        Ok(())
+    }
+
+    pub fn make_durable(&mut self, shard: u16, expected: u64) -> Result<(), StoreError> {
+        self.set_synchronous(Commit::Durable)?;
+        let tx = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<i64> = tx
+            .query_row(
+                "SELECT last_sequence FROM flush_checkpoints WHERE shard = ?1",
+                [i64::from(shard)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if found.unwrap_or(0) as u64 != expected {
+            return Err(StoreError::CheckpointMoved {
+                shard,
+                expected,
+                found: found.map(|f| f as u64),
+            });
+        }
+        // A row written, so the commit syncs the WAL (and every earlier commit with it).
+        tx.execute(
+            "UPDATE flush_checkpoints SET updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+             WHERE shard = ?1",
+            [i64::from(shard)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn write_batch(
+        &mut self,
+        rows: &BatchRows,
+        previous: u64,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        self.set_synchronous(commit)?;
         let tx = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::durability::Commit;
 use crate::postgres::PgStore;
 use crate::rows::BatchRows;
 use crate::sqlite::SqliteStore;
@@ -199,8 +200,14 @@ impl Store {
 
     /// Writes `rows` and moves the shard's checkpoint from `previous` to `rows.last_sequence`,
     /// in one SQL transaction: all of it or none. Refuses (`CheckpointMoved`) when the stored
-    /// checkpoint is not `previous`.
-    pub fn write_batch(&mut self, rows: &BatchRows, previous: u64) -> Result<(), StoreError> {
+    /// checkpoint is not `previous`. `commit` says whether the store must make it durable
+    /// before answering ([`crate::durability`]).
+    pub fn write_batch(
+        &mut self,
+        rows: &BatchRows,
+        previous: u64,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
         assert!(
             rows.last_sequence > previous,
             "a batch moves the checkpoint forward"
@@ -210,8 +217,18 @@ impl Store {
             "batches are contiguous"
         );
         match self {
-            Store::Sqlite(s) => s.write_batch(rows, previous),
-            Store::Postgres(s) => s.write_batch(rows, previous),
+            Store::Sqlite(s) => s.write_batch(rows, previous, commit),
+            Store::Postgres(s) => s.write_batch(rows, previous, commit),
+        }
+    }
+
+    /// Makes every commit so far durable, in a durable transaction that first checks the
+    /// shard's stored checkpoint is `expected`: after a store crash that lost commits it
+    /// refuses (`CheckpointMoved`) rather than vouch for them.
+    pub fn make_durable(&mut self, shard: u16, expected: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.make_durable(shard, expected),
+            Store::Postgres(s) => s.make_durable(shard, expected),
         }
     }
 
