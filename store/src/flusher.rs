@@ -22,7 +22,7 @@ use paycore_snapshot::{ShardPaths, list_snapshots, read_snapshot};
 
 use crate::durability::{DURABLE_INTERVAL_MS_MAX_DEFAULT, Watermarks};
 use crate::follow::Follower;
-use crate::rows::BatchRows;
+use crate::rows::{BatchRows, key_known};
 use crate::store::{Store, StoreError, StoreTarget};
 
 /// Default most journal records per SQL transaction. Larger batches write each touched wallet
@@ -308,9 +308,17 @@ fn apply_some(
             reason: e.to_string(),
         })?;
         effects.clear();
+        let known = rows.is_some() && key_known(engine, &command);
         let outcome = engine.apply(record.sequence, record.timestamp_ns, &command, effects);
         if let Some(rows) = rows.as_deref_mut() {
-            rows.record(engine, record.sequence, &command, &outcome, &effects.events);
+            rows.record(
+                engine,
+                record.sequence,
+                &command,
+                &outcome,
+                &effects.events,
+                known,
+            );
             rows.last_epoch = record.epoch;
         }
         Ok(())

@@ -25,7 +25,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::decimal::format_minor;
 use crate::durability::Commit;
-use crate::rows::BatchRows;
+use crate::rows::{BatchRows, IdempotencyRow};
 use crate::schema::{self, uuid_text};
 use crate::store::{FETCH_ROWS_MAX, Pull, PullsFn, Query, StoreError};
 use crate::time::{Month, timestamp_text};
@@ -42,6 +42,8 @@ pub struct PgStore {
     schema: String,
     /// Months whose partition is known to exist.
     months: HashSet<Month>,
+    /// Where the batches written on this connection spent their time (logged when it closes).
+    totals: Box<Phases>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -112,6 +114,7 @@ impl PgStore {
             client,
             schema: schema.to_string(),
             months: HashSet::new(),
+            totals: Box::new(Phases::start()),
         };
         let sql = if read_only {
             format!(
@@ -229,8 +232,23 @@ impl PgStore {
         months.dedup();
         let schema = self.schema.clone();
         let client = &mut self.client;
-        self.runtime
-            .block_on(write(client, &schema, rows, previous, commit, &months))?;
+        let phases = match self.runtime.block_on(write(
+            client, &schema, rows, previous, commit, &months, false,
+        ))? {
+            Some(phases) => phases,
+            None => {
+                tracing::debug!(
+                    shard = rows.shard,
+                    "a re-made idempotency key: upserting all"
+                );
+                self.runtime
+                    .block_on(write(
+                        client, &schema, rows, previous, commit, &months, true,
+                    ))?
+                    .ok_or_else(|| StoreError::Invalid("upsert_all cannot conflict".into()))?
+            }
+        };
+        self.totals.add(&phases, rows.last_sequence - previous);
         self.months.extend(months);
         Ok(())
     }
@@ -432,6 +450,25 @@ CREATE TEMP TABLE IF NOT EXISTS idempotency_stage (LIKE transaction_idempotency)
     ON COMMIT DELETE ROWS;
 ";
 
+/// SQLSTATE of a unique violation, as [`StoreError`]'s text carries it.
+const UNIQUE_VIOLATION: &str = "(23505)";
+
+fn idempotency_copy<'a>(records: impl Iterator<Item = &'a IdempotencyRow>) -> CopyText {
+    let mut c = CopyText::with_capacity(1024);
+    for i in records {
+        c.int(i64::from(i.shard))
+            .bytea(Some(&i.key))
+            .opt(i.transaction.map(uuid_text).as_deref())
+            .text(&i.outcome)
+            .int(i.sequence as i64)
+            .text(&timestamp_text(i.created_at_ns))
+            .end();
+    }
+    c
+}
+
+/// Writes one batch in one transaction; `Ok(None)`: a fresh idempotency key was already stored
+/// (nothing written; write again with `upsert_all`).
 async fn write(
     client: &mut Client,
     schema: &str,
@@ -439,7 +476,8 @@ async fn write(
     previous: u64,
     commit: Commit,
     months: &[Month],
-) -> Result<(), StoreError> {
+    upsert_all: bool,
+) -> Result<Option<Phases>, StoreError> {
     let mut phases = Phases::start();
     let tx = client.transaction().await?;
     let shard = i32::from(rows.shard);
@@ -583,17 +621,22 @@ async fn write(
         .await?;
         phases.lap("entries");
     }
-    if !rows.idempotency.is_empty() {
-        let mut c = CopyText::with_capacity(rows.idempotency.len());
-        for i in &rows.idempotency {
-            c.int(i64::from(i.shard))
-                .bytea(Some(&i.key))
-                .opt(i.transaction.map(uuid_text).as_deref())
-                .text(&i.outcome)
-                .int(i.sequence as i64)
-                .text(&timestamp_text(i.created_at_ns))
-                .end();
+    // Fresh keys are appended with COPY; the others (retries, re-made keys) are upserted from
+    // the staging table. A fresh key the store does have (the engine forgot it earlier and it
+    // was re-made) fails the COPY: the caller writes the batch again with `upsert_all`.
+    let fresh = |i: &&IdempotencyRow| i.fresh && !upsert_all;
+    if rows.idempotency.iter().any(|i| fresh(&i)) {
+        let c = idempotency_copy(rows.idempotency.iter().filter(fresh));
+        match copy_in(&tx, "COPY transaction_idempotency FROM STDIN", c).await {
+            Err(StoreError::Postgres(text)) if text.contains(UNIQUE_VIOLATION) => {
+                return Ok(None); // `tx` rolls back as it drops
+            }
+            other => other?,
         }
+        phases.lap("idempotency_copy");
+    }
+    if rows.idempotency.iter().any(|i| !fresh(&i)) {
+        let c = idempotency_copy(rows.idempotency.iter().filter(|i| !fresh(i)));
         copy_in(&tx, "COPY idempotency_stage FROM STDIN", c).await?;
         tx.execute(
             "INSERT INTO transaction_idempotency SELECT * FROM idempotency_stage
@@ -605,7 +648,7 @@ async fn write(
             &[],
         )
         .await?;
-        phases.lap("idempotency");
+        phases.lap("idempotency_upsert");
     }
     if !rows.holds.is_empty() {
         let h = &rows.holds;
@@ -705,14 +748,16 @@ async fn write(
         phases = %phases,
         "batch written"
     );
-    Ok(())
+    Ok(Some(phases))
 }
 
-/// Where one batch's time went, in microseconds per phase (a debug log line per batch: the
-/// figures in BENCHMARKS.md "Store" come from it).
+/// Where batches' time went, in microseconds per phase: one batch's at debug level, and the
+/// connection's totals at info level when it closes (the figures in BENCHMARKS.md "Store").
 struct Phases {
     at: std::time::Instant,
     laps: Vec<(&'static str, u128)>,
+    batches: u64,
+    records: u64,
 }
 
 impl Phases {
@@ -720,6 +765,8 @@ impl Phases {
         Phases {
             at: std::time::Instant::now(),
             laps: Vec::with_capacity(12),
+            batches: 0,
+            records: 0,
         }
     }
 
@@ -727,6 +774,32 @@ impl Phases {
         let now = std::time::Instant::now();
         self.laps.push((name, (now - self.at).as_micros()));
         self.at = now;
+    }
+
+    /// Adds one batch's laps to these totals.
+    fn add(&mut self, batch: &Phases, records: u64) {
+        self.batches += 1;
+        self.records += records;
+        for &(name, us) in &batch.laps {
+            match self.laps.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += us,
+                None => self.laps.push((name, us)),
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if self.totals.batches > 0 {
+            tracing::info!(
+                schema = %self.schema,
+                batches = self.totals.batches,
+                records = self.totals.records,
+                phases_us = %self.totals,
+                "postgresql writer closed"
+            );
+        }
     }
 }
 

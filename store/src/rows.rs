@@ -91,6 +91,19 @@ pub struct IdempotencyRow {
     pub outcome: String,
     pub sequence: u64,
     pub created_at_ns: u64,
+    /// The engine held no record of this key before this command, so the store has none
+    /// either — unless the engine forgot the key earlier and this re-made it (rare). Fresh rows
+    /// are appended, the others upserted (see `postgres.rs`).
+    pub fresh: bool,
+}
+
+/// Whether the engine holds a record of `command`'s client key (call before applying it: a
+/// retry of a held key changes no record).
+pub fn key_known(engine: &Engine, command: &Command) -> bool {
+    match command {
+        Command::Client { key, .. } => engine.outcome_of(key).is_some(),
+        _ => false,
+    }
 }
 
 /// A hold placed in this batch (possibly already closed in it too).
@@ -326,6 +339,7 @@ impl BatchRows {
     }
 
     /// Rows of one record, applied to `engine` just before (its `events`, its `outcome`).
+    /// `key_known_before`: [`key_known`] of the command, before it was applied.
     pub fn record(
         &mut self,
         engine: &Engine,
@@ -333,6 +347,7 @@ impl BatchRows {
         command: &Command,
         outcome: &Outcome,
         events: &[Event],
+        key_known_before: bool,
     ) {
         assert!(sequence > self.last_sequence, "records come in order");
         if self.first_sequence == 0 {
@@ -500,6 +515,7 @@ impl BatchRows {
                     outcome: outcome_text(outcome),
                     sequence,
                     created_at_ns: now,
+                    fresh: !key_known_before,
                 };
                 match self.idempotency_index.get(key.as_bytes()) {
                     Some(&index) => {

@@ -27,6 +27,7 @@ fn flush_all(
     for record in records {
         let s = usize::from(record.shard);
         effects.clear();
+        let known = key_known(&shadows[s], &record.command);
         let outcome = shadows[s].apply(
             record.sequence,
             record.timestamp_ns,
@@ -39,6 +40,7 @@ fn flush_all(
             &record.command,
             &outcome,
             &effects.events,
+            known,
         );
         if open[s].records() as usize >= batch {
             open[s].finish(&shadows[s]);
