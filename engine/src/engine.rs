@@ -406,9 +406,7 @@ impl Engine {
             limits_24h: [None; 3],
         });
         self.record(Undo::CurrencyPushed);
-        effects
-            .events
-            .push(Event::CurrencyRegistered { currency, scale });
+        effects.event(Event::CurrencyRegistered { currency, scale });
         Ok(Applied::CurrencyRegistered(currency))
     }
 
@@ -455,7 +453,7 @@ impl Engine {
                 self.wallets[slot as usize].tier = tier;
             }
         }
-        effects.events.push(Event::TierChanged { user, tier });
+        effects.event(Event::TierChanged { user, tier });
         Ok(Applied::Done)
     }
 
@@ -477,7 +475,7 @@ impl Engine {
         let tier = self.tiers.get(&user.0).copied().unwrap_or_default();
         let slot = self.push_wallet(user, currency, WalletKind::User, tier);
         let wallet = self.wallet_id(slot);
-        effects.events.push(Event::WalletOpened {
+        effects.event(Event::WalletOpened {
             wallet,
             user,
             currency,
@@ -619,7 +617,7 @@ impl Engine {
             created_at_ns: self.last_timestamp_ns,
         });
         self.record(Undo::HoldOpened(id));
-        effects.events.push(Event::HoldPlaced {
+        effects.event(Event::HoldPlaced {
             hold: id,
             wallet,
             amount,
@@ -669,7 +667,7 @@ impl Engine {
         // Unfreeze the whole hold, then pay the captured part out of available.
         self.change_balance(slot, held.amount as i128, -(held.amount as i128), effects);
         let (transfer, pending) = self.pay(kind, slot, destination, captured, effects);
-        effects.events.push(Event::HoldCaptured {
+        effects.event(Event::HoldCaptured {
             hold,
             wallet: held.wallet,
             captured,
@@ -808,7 +806,7 @@ impl Engine {
         let cur = self.wallets[to_slot as usize].currency;
         let in_transit = self.system_slot(cur, SystemRole::InTransit);
         self.move_available(in_transit, to_slot, leg.amount, effects);
-        effects.events.push(Event::Transfer {
+        effects.event(Event::Transfer {
             transfer: leg.transfer,
             kind: TransferKind::Transfer,
             from: leg.from,
@@ -885,7 +883,7 @@ impl Engine {
                 TransferStatus::Bounced(reason)
             }
         };
-        effects.events.push(Event::TransferSettled {
+        effects.event(Event::TransferSettled {
             transfer: leg.transfer,
             status,
         });
@@ -1158,7 +1156,7 @@ impl Engine {
             !wallet.is_user() || wallet.available >= 0,
             "user available went negative"
         );
-        effects.events.push(Event::BalanceChanged {
+        effects.event(Event::BalanceChanged {
             wallet: WalletId::new(self.config.shard, u64::from(slot)),
             user: wallet.user,
             currency: wallet.currency,
@@ -1192,7 +1190,7 @@ impl Engine {
         wallet.updated_at_ns = now;
         let user = wallet.user;
         let wallet_id = self.wallet_id(slot);
-        effects.events.push(Event::WalletStatusChanged {
+        effects.event(Event::WalletStatusChanged {
             wallet: wallet_id,
             user,
             status,
@@ -1271,7 +1269,7 @@ impl Engine {
                     to_shard: to.shard(),
                     leg,
                 });
-                effects.events.push(Event::Transfer {
+                effects.event(Event::Transfer {
                     transfer,
                     kind,
                     from,
@@ -1295,7 +1293,7 @@ impl Engine {
         effects: &mut Effects,
     ) -> TransferId {
         let transfer = self.next_transfer_id();
-        effects.events.push(Event::Transfer {
+        effects.event(Event::Transfer {
             transfer,
             kind,
             from: self.wallet_id(from),
@@ -1326,7 +1324,7 @@ impl Engine {
         self.close_hold(hold);
         let amount = held.amount as i128;
         self.change_balance(held.wallet.slot() as u32, amount, -amount, effects);
-        effects.events.push(Event::HoldReleased {
+        effects.event(Event::HoldReleased {
             hold,
             wallet: held.wallet,
             amount: held.amount,

@@ -2,7 +2,11 @@
 //! to cross-check them: prints commands/s per workload, for a number of runs.
 //!
 //! `cargo run --release -p paycore-benches --bin engine_throughput -- \
-//!     [--wallets 1000000] [--live-keys 8000000] [--count 5000000] [--runs 3] [--only transfers|deposits|holds]`
+//!     [--wallets 1000000] [--live-keys 8000000] [--count 5000000] [--runs 3] [--only transfers|deposits|holds]
+//!     [--without-events]`
+//!
+//! `--without-events` applies with `Effects::without_events()`, as replay and the snapshot
+//! replica do (the live writer keeps events).
 //!
 //! `--live-keys` sets the command clock step (24 h / live keys) and so the steady-state size of
 //! the idempotency table; the table is filled to it untimed before the first run.
@@ -27,6 +31,7 @@ struct Args {
     runs: u32,
     only: Only,
     open_holds: usize,
+    without_events: bool,
 }
 
 fn parse_args() -> Args {
@@ -37,6 +42,7 @@ fn parse_args() -> Args {
         runs: 3,
         only: Only::All,
         open_holds: 100_000,
+        without_events: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +56,10 @@ fn parse_args() -> Args {
             "--live-keys" => args.live_keys = value().parse().expect("--live-keys N"),
             "--count" => args.count = value().parse().expect("--count N"),
             "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--without-events" => {
+                args.without_events = true;
+                continue;
+            }
             "--open-holds" => args.open_holds = value().parse().expect("--open-holds N"),
             "--only" => {
                 args.only = match value().as_str() {
@@ -74,6 +84,9 @@ fn main() {
     let start = std::time::Instant::now();
     let mut fixture = Fixture::new(args.wallets, args.live_keys);
     let opened = start.elapsed();
+    if args.without_events {
+        fixture.effects = paycore_engine::Effects::without_events();
+    }
     let mut picker = Picker::new(args.wallets, 0x5eed);
     fixture.warm_up_idempotency(&mut picker);
     let (transfers, deposits, holds) = match args.only {

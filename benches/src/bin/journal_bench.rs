@@ -413,6 +413,7 @@ fn snapshot(args: &Args) {
             every_records: 1,
             every_ms: 0,
             keep: 2,
+            nice: SnapshotPolicy::default().nice,
         },
     );
     let (beside, beside_commands) = run_writer(
