@@ -16,7 +16,7 @@
 //! silently).
 
 /// Keys the file may hold: (key, flag, environment variable).
-const KEYS: [(&str, &str, &str); 11] = [
+const KEYS: [(&str, &str, &str); 12] = [
     ("data_dir", "--data-dir", "PAYCORE_DATA_DIR"),
     ("listen", "--listen", "PAYCORE_LISTEN"),
     ("shards", "--shards", "PAYCORE_SHARDS"),
@@ -41,6 +41,7 @@ const KEYS: [(&str, &str, &str); 11] = [
         "--snapshot-every-secs",
         "PAYCORE_SNAPSHOT_EVERY_SECS",
     ),
+    ("snapshot_nice", "--snapshot-nice", "PAYCORE_SNAPSHOT_NICE"),
     ("cert", "--cert", "PAYCORE_CERT"),
     ("key", "--key", "PAYCORE_KEY"),
     ("ca", "--ca", "PAYCORE_CA"),

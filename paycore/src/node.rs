@@ -71,6 +71,12 @@ pub struct NodeArgs {
     /// ...or after this many seconds with new commands.
     #[arg(long, env = "PAYCORE_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
     pub snapshot_every_secs: u64,
+    /// Nice value (0-19) of the snapshot replica threads, which apply every command a second
+    /// time: at a low priority they use the CPU the writers leave idle instead of delaying
+    /// their batches; more than a snapshot's worth of records behind they ask for normal
+    /// priority back (needs CAP_SYS_NICE, else they stay low). 0: normal priority
+    #[arg(long, env = "PAYCORE_SNAPSHOT_NICE", default_value_t = 10)]
+    pub snapshot_nice: i32,
     /// TLS certificate (DER) for real deployments; with `--key`.
     #[arg(long, env = "PAYCORE_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -237,6 +243,7 @@ fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
         every_records: args.snapshot_every_records.max(1),
         every_ms: args.snapshot_every_secs.saturating_mul(1000).max(1),
         keep: 2,
+        nice: args.snapshot_nice.clamp(0, 19),
     });
     config.journal.segment_bytes = args.journal_segment_mib << 20;
     config.recovery = RecoveryOptions {

@@ -172,6 +172,7 @@ pub fn run(args: TortureArgs) -> Result<(), String> {
         every_records: args.snapshot_every,
         every_ms: 500,
         keep: 2,
+        nice: SnapshotPolicy::default().nice,
     };
     let snapshotter = Snapshotter::spawn(replica, policy);
 

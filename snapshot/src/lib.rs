@@ -9,8 +9,10 @@
 //! shard's writer thread never pauses for one (design in `docs/design.md`, figures in
 //! `BENCHMARKS.md`).
 
-#![forbid(unsafe_code)]
+// Unsafe only in `background` (two libc calls that set a thread's priority).
+#![deny(unsafe_code)]
 
+pub mod background;
 pub mod file;
 mod replay;
 mod replica;

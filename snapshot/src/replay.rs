@@ -12,10 +12,21 @@ use crate::shard::ShardError;
 const PREFETCH_DISTANCE: usize = 4;
 
 /// Decoded records waiting to be applied; reused between batches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplayBatch {
     commands: Vec<(u64, u64, Command)>,
+    /// Replay needs no events (state is all it rebuilds; pending cross-shard legs are part of
+    /// the state), so they are never built.
     effects: Effects,
+}
+
+impl Default for ReplayBatch {
+    fn default() -> Self {
+        ReplayBatch {
+            commands: Vec::new(),
+            effects: Effects::without_events(),
+        }
+    }
 }
 
 /// Reads up to `records_max` records, decodes and applies them; returns how many.
@@ -45,7 +56,7 @@ pub fn replay_some<S: Storage>(
             engine.prefetch(ahead);
         }
         engine.apply(*sequence, *timestamp_ns, command, &mut batch.effects);
-        if batch.effects.events.len() > 64 * 1024 {
+        if batch.effects.messages.len() > 64 * 1024 {
             batch.effects.clear();
         }
     }

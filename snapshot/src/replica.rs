@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use paycore_engine::Engine;
 use paycore_journal::{JournalReader, MmapStorage};
 
+use crate::background::{self, Priority};
 use crate::file::{prune_snapshots, write_snapshot};
 use crate::replay::{ReplayBatch, replay_some};
 use crate::shard::ShardError;
@@ -28,6 +29,8 @@ pub struct Replica {
     reader: JournalReader<MmapStorage>,
     batch: ReplayBatch,
     snapshots: PathBuf,
+    /// The writer's durable sequence: how far behind the replica is.
+    watermark: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -47,17 +50,26 @@ impl Replica {
         watermark: Arc<AtomicU64>,
         snapshots: PathBuf,
     ) -> Replica {
-        let reader = JournalReader::new(journal, engine.last_sequence() + 1, Some(watermark));
+        let reader =
+            JournalReader::new(journal, engine.last_sequence() + 1, Some(watermark.clone()));
         Replica {
             engine,
             reader,
             batch: ReplayBatch::default(),
             snapshots,
+            watermark,
         }
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Durable records the replica has not applied yet.
+    pub fn lag_records(&self) -> u64 {
+        self.watermark
+            .load(Ordering::Acquire)
+            .saturating_sub(self.engine.last_sequence())
     }
 
     /// Applies every durable record not yet applied; returns how many.
@@ -92,6 +104,11 @@ pub struct SnapshotPolicy {
     pub every_ms: u64,
     /// Snapshots kept on disk (the newest ones).
     pub keep: usize,
+    /// Nice value of the replica thread (1..=19; 0 keeps normal priority): it applies every
+    /// command again, and at a low priority it does so in the CPU the writers leave idle
+    /// instead of delaying their batches (see [`crate::background`]). More than
+    /// `every_records` behind, it asks for normal priority until it has caught up.
+    pub nice: i32,
 }
 
 impl Default for SnapshotPolicy {
@@ -100,6 +117,7 @@ impl Default for SnapshotPolicy {
             every_records: 20_000_000,
             every_ms: 300_000,
             keep: 2,
+            nice: 10,
         }
     }
 }
@@ -124,7 +142,35 @@ impl Snapshotter {
             .spawn(move || {
                 let mut since = 0u64;
                 let mut last_at = Instant::now();
+                let mut priority = Priority::Normal;
+                let mut boost_refused = false;
                 while !stop_flag.load(Ordering::Acquire) {
+                    let wanted = if policy.nice <= 0 {
+                        Priority::Normal
+                    } else if replica.lag_records() > policy.every_records {
+                        // Far behind under sustained load: take a fair share until caught up.
+                        if boost_refused {
+                            Priority::Background(policy.nice)
+                        } else {
+                            Priority::Normal
+                        }
+                    } else {
+                        Priority::Background(policy.nice)
+                    };
+                    if wanted != priority {
+                        if background::set_current_thread(wanted) {
+                            priority = wanted;
+                        } else if wanted == Priority::Normal {
+                            boost_refused = true;
+                            tracing::warn!(
+                                shard = replica.engine.config().shard,
+                                lag_records = replica.lag_records(),
+                                "the snapshot replica is behind and may not raise its priority \
+                                 again (needs CAP_SYS_NICE); it stays at nice {}",
+                                policy.nice
+                            );
+                        }
+                    }
                     let applied = replica.catch_up()?;
                     since += applied;
                     let due = since >= policy.every_records

@@ -178,6 +178,7 @@ fn replica_snapshots_while_the_writer_appends() {
             every_records: 1_000,
             every_ms: 50,
             keep: 3,
+            nice: 10,
         },
     );
     for chunk in 0..10u64 {
