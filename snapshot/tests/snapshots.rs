@@ -195,6 +195,14 @@ fn replica_snapshots_while_the_writer_appends() {
     {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Caught up, the replica runs in the background: its thread has the policy's nice value
+    // (the test's own threads keep theirs).
+    #[cfg(target_os = "linux")]
+    {
+        let nice = thread_nice("snapshot-0").expect("the replica thread is running");
+        assert_eq!(nice, 10, "replica thread priority");
+        assert_eq!(thread_nice_of_self(), 0);
+    }
     snapshotter.stop().expect("snapshotter ran cleanly");
     let snapshots = list_snapshots(&shard.paths.snapshots).expect("list");
     assert!(
@@ -225,4 +233,26 @@ fn replica_snapshots_while_the_writer_appends() {
         Some(Outcome::Ok(Applied::WalletOpened(_)))
     ));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The nice value of this process's thread called `name` (field 19 of /proc/self/task/T/stat).
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // The command name (field 2) is in parentheses and may hold spaces: skip past it.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split(' ').nth(16)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn thread_nice_of_self() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    rest.split(' ').nth(16).and_then(|v| v.parse().ok()).expect("nice")
 }
