@@ -8,27 +8,43 @@ pub const DECIMAL_TEXT_BYTES_MAX: usize = 80;
 
 /// `value` minor units at `scale` as a decimal string: `-12.34` for (-1234, 2), `7` at scale 0.
 pub fn format_minor(value: i128, scale: u8) -> String {
-    let digits = value.unsigned_abs().to_string();
+    let mut out = Vec::with_capacity(48);
+    write_minor(&mut out, value, scale);
+    // Only ASCII digits, '-' and '.' were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`format_minor`] appended to `out`, without allocating (the flusher's COPY buffers).
+pub fn write_minor(out: &mut Vec<u8>, value: i128, scale: u8) {
+    // u128::MAX has 39 digits.
+    let mut buffer = [0u8; 39];
+    let mut start = buffer.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &buffer[start..];
     let scale = usize::from(scale);
-    let mut out = String::with_capacity(digits.len() + scale + 3);
     if value < 0 {
-        out.push('-');
+        out.push(b'-');
     }
     if scale == 0 {
-        out.push_str(&digits);
-        return out;
-    }
-    if digits.len() <= scale {
-        out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', scale - digits.len()));
-        out.push_str(&digits);
+        out.extend_from_slice(digits);
+    } else if digits.len() <= scale {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', scale - digits.len()));
+        out.extend_from_slice(digits);
     } else {
         let (int, frac) = digits.split_at(digits.len() - scale);
-        out.push_str(int);
-        out.push('.');
-        out.push_str(frac);
+        out.extend_from_slice(int);
+        out.push(b'.');
+        out.extend_from_slice(frac);
     }
-    out
 }
 
 /// Why a stored decimal could not be read back as minor units.

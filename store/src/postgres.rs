@@ -392,8 +392,28 @@ impl CopyText {
     }
 
     fn int(&mut self, value: i64) -> &mut Self {
+        use std::io::Write as _;
         self.sep();
-        self.bytes.extend_from_slice(value.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.bytes, "{value}");
+        self
+    }
+
+    fn uuid(&mut self, value: u128) -> &mut Self {
+        self.sep();
+        crate::schema::write_uuid(&mut self.bytes, value);
+        self
+    }
+
+    fn minor(&mut self, value: i128, scale: u8) -> &mut Self {
+        self.sep();
+        crate::decimal::write_minor(&mut self.bytes, value, scale);
+        self
+    }
+
+    fn timestamp(&mut self, ns: u64) -> &mut Self {
+        self.sep();
+        crate::time::write_timestamp(&mut self.bytes, ns);
         self
     }
 
@@ -408,14 +428,23 @@ impl CopyText {
         }
     }
 
+    fn opt_uuid(&mut self, value: Option<u128>) -> &mut Self {
+        match value {
+            Some(v) => self.uuid(v),
+            None => self.opt(None),
+        }
+    }
+
     fn bytea(&mut self, value: Option<&[u8]>) -> &mut Self {
         self.sep();
         match value {
             Some(v) => {
                 // bytea hex input `\x..`, its backslash doubled for COPY.
                 self.bytes.extend_from_slice(b"\\\\x");
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
                 for b in v {
-                    self.bytes.extend_from_slice(format!("{b:02x}").as_bytes());
+                    self.bytes.push(DIGITS[usize::from(b >> 4)]);
+                    self.bytes.push(DIGITS[usize::from(b & 15)]);
                 }
             }
             None => self.bytes.extend_from_slice(b"\\N"),
@@ -458,10 +487,10 @@ fn idempotency_copy<'a>(records: impl Iterator<Item = &'a IdempotencyRow>) -> Co
     for i in records {
         c.int(i64::from(i.shard))
             .bytea(Some(&i.key))
-            .opt(i.transaction.map(uuid_text).as_deref())
+            .opt_uuid(i.transaction)
             .text(&i.outcome)
             .int(i.sequence as i64)
-            .text(&timestamp_text(i.created_at_ns))
+            .timestamp(i.created_at_ns)
             .end();
     }
     c
@@ -526,16 +555,16 @@ async fn write(
         for w in &rows.wallets {
             c.int(w.id as i64)
                 .int(i64::from(w.shard))
-                .text(&uuid_text(w.user))
+                .uuid(w.user)
                 .text(w.currency.as_str())
                 .text(w.kind)
-                .text(&format_minor(w.balance(), w.scale))
-                .text(&format_minor(w.available, w.scale))
-                .text(&format_minor(w.frozen, w.scale))
+                .minor(w.balance(), w.scale)
+                .minor(w.available, w.scale)
+                .minor(w.frozen, w.scale)
                 .int(w.version as i64)
                 .text(w.status)
-                .text(&timestamp_text(w.created_at_ns))
-                .text(&timestamp_text(w.updated_at_ns))
+                .timestamp(w.created_at_ns)
+                .timestamp(w.updated_at_ns)
                 .end();
         }
         copy_in(&tx, "COPY wallets_stage FROM STDIN", c).await?;
@@ -562,18 +591,18 @@ async fn write(
     if !rows.transactions.is_empty() {
         let mut c = CopyText::with_capacity(rows.transactions.len());
         for t in &rows.transactions {
-            c.text(&uuid_text(t.id))
+            c.uuid(t.id)
                 .int(i64::from(t.shard))
                 .text(t.kind)
                 .int(t.from as i64)
                 .int(t.to as i64)
-                .text(&amount(t.amount, t.scale))
+                .minor(t.amount as i128, t.scale)
                 .text(t.currency.as_str())
                 .text(t.status)
                 .opt(t.reason)
                 .bytea(t.key.as_deref())
                 .int(t.sequence as i64)
-                .text(&timestamp_text(t.created_at_ns))
+                .timestamp(t.created_at_ns)
                 .end();
         }
         copy_in(
@@ -605,10 +634,10 @@ async fn write(
         let mut c = CopyText::with_capacity(rows.entries.len());
         for e in &rows.entries {
             c.int(e.wallet as i64)
-                .text(&uuid_text(e.transaction))
+                .uuid(e.transaction)
                 .int(i64::from(e.shard))
                 .int(e.sequence as i64)
-                .text(&format_minor(e.delta, e.scale))
+                .minor(e.delta, e.scale)
                 .text(e.currency.as_str())
                 .end();
         }

@@ -176,15 +176,22 @@ CREATE TABLE IF NOT EXISTS holds (
 
 /// A movement id (u128) as UUID text: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn uuid_text(value: u128) -> String {
-    let h = format!("{value:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = Vec::with_capacity(36);
+    write_uuid(&mut out, value);
+    // Only hex digits and '-' were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`uuid_text`] appended to `out`, without allocating (the flusher's COPY buffers).
+pub fn write_uuid(out: &mut Vec<u8>, value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push(b'-');
+        }
+        let nibble = (value >> (124 - 4 * i)) & 15;
+        out.push(DIGITS[nibble as usize]);
+    }
 }
 
 /// Reads [`uuid_text`] back.

@@ -21,16 +21,27 @@ const SECONDS_PER_DAY: u64 = 86_400;
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (microseconds, truncated: PostgreSQL's precision).
 pub fn timestamp_text(ns: u64) -> String {
+    let mut out = Vec::with_capacity(26);
+    write_timestamp(&mut out, ns);
+    // Only ASCII digits and separators were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`timestamp_text`] appended to `out`, without allocating (the flusher's COPY buffers).
+pub fn write_timestamp(out: &mut Vec<u8>, ns: u64) {
+    use std::io::Write as _;
     let seconds = ns / NS_PER_SECOND;
     let micros = (ns % NS_PER_SECOND) / 1_000;
     let (year, month, day) = civil_from_days((seconds / SECONDS_PER_DAY) as i64);
     let in_day = seconds % SECONDS_PER_DAY;
-    format!(
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}",
         in_day / 3600,
         (in_day / 60) % 60,
         in_day % 60
-    )
+    );
 }
 
 /// A calendar month, the unit of the `transactions` partitions.
