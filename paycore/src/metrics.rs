@@ -79,6 +79,22 @@ pub fn render(sequencer: &Sequencer, role: &NodeRole, extra: Option<&ShardGauges
         per_shard(&|s| sequencer.stats(s).last_sequence.load(Ordering::Relaxed)),
     );
     gauge(
+        "paycore_shard_snapshot_sequence",
+        "Sequence of the newest snapshot (0: none yet); a restart replays the journal after it.",
+        "gauge",
+        per_shard(&|s| sequencer.stats(s).snapshot_sequence.load(Ordering::Relaxed)),
+    );
+    gauge(
+        "paycore_shard_snapshot_replica_lag_records",
+        "Records the snapshot replica (low priority, idle CPU) has not applied yet.",
+        "gauge",
+        per_shard(&|s| {
+            let stats = sequencer.stats(s);
+            let last = stats.last_sequence.load(Ordering::Relaxed);
+            last.saturating_sub(stats.replica_sequence.load(Ordering::Relaxed))
+        }),
+    );
+    gauge(
         "paycore_shard_ring_depth",
         "Client requests waiting in the shard's ring.",
         "gauge",

@@ -505,8 +505,54 @@ async fn metrics_expose_throughput_and_commit_latency() {
     assert!(commits > 0);
     assert_eq!(value("paycore_node_primary"), 1);
     assert_eq!(value("paycore_node_epoch"), 1);
+    for s in 0..2 {
+        // No snapshot yet (every 1 M records).
+        assert_eq!(
+            value(&format!("paycore_shard_snapshot_sequence{{shard=\"{s}\"}}")),
+            0
+        );
+    }
+    // The replica follows in the background (low priority, idle CPU): idle, it catches up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape(metrics).await;
+        let lags: Vec<u64> = (0..2)
+            .map(|s| {
+                let name = format!("paycore_shard_snapshot_replica_lag_records{{shard=\"{s}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&name))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {text}"))
+            })
+            .collect();
+        if lags == [0, 0] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never caught up: lag {lags:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     client.close();
     shut_down(node, &dir).await;
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(metrics)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
 }
 
 /// The node's embedded store (SQLite in the data folder) follows the journal; status shows

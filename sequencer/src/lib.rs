@@ -196,7 +196,12 @@ impl Sequencer {
                 None => None,
             };
             let (ring, ring_receiver) = crossbeam_channel::bounded(config.ring_requests_max);
-            let shard_stats = Arc::new(ShardStats::default());
+            let mut shard_stats = ShardStats::default();
+            if let Some(snapshotter) = &snapshotter {
+                shard_stats.snapshot_sequence = snapshotter.latest.clone();
+                shard_stats.replica_sequence = snapshotter.applied.clone();
+            }
+            let shard_stats = Arc::new(shard_stats);
             let shard_events = Arc::new(EventLog::new(
                 durable.engine.last_sequence() + 1,
                 config.events_kept_max,

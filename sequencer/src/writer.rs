@@ -92,6 +92,10 @@ pub struct ShardStats {
     pub poisoned: AtomicBool,
     /// Time of each group commit's journal write + sync (the fsync latency operators watch).
     pub commit_latency: LatencyHistogram,
+    /// Sequence of the newest snapshot the replica wrote (0: none yet, or no snapshots).
+    pub snapshot_sequence: Arc<AtomicU64>,
+    /// Sequence of the last record the snapshot replica applied.
+    pub replica_sequence: Arc<AtomicU64>,
 }
 
 /// Upper bounds (µs) of the commit-latency buckets; the last bucket is everything above.

@@ -128,6 +128,9 @@ pub struct Snapshotter {
     stop: Arc<AtomicBool>,
     /// Sequence of the newest snapshot on disk (0: none yet).
     pub latest: Arc<AtomicU64>,
+    /// Sequence of the last record the replica applied (its lag behind the writer is what a
+    /// low priority can let grow; exported as a metric).
+    pub applied: Arc<AtomicU64>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -136,7 +139,8 @@ impl Snapshotter {
     pub fn spawn(mut replica: Replica, policy: SnapshotPolicy) -> Snapshotter {
         let stop = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(AtomicU64::new(0));
-        let (stop_flag, latest_out) = (stop.clone(), latest.clone());
+        let applied = Arc::new(AtomicU64::new(replica.engine.last_sequence()));
+        let (stop_flag, latest_out, applied_out) = (stop.clone(), latest.clone(), applied.clone());
         let thread = std::thread::Builder::new()
             .name(format!("snapshot-{}", replica.engine.config().shard))
             .spawn(move || {
@@ -172,6 +176,7 @@ impl Snapshotter {
                         }
                     }
                     let applied = replica.catch_up()?;
+                    applied_out.store(replica.engine.last_sequence(), Ordering::Release);
                     since += applied;
                     let due = since >= policy.every_records
                         || (since > 0
@@ -200,6 +205,7 @@ impl Snapshotter {
         Snapshotter {
             stop,
             latest,
+            applied,
             thread: Some(thread),
         }
     }

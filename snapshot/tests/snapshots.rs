@@ -254,5 +254,8 @@ fn thread_nice(name: &str) -> Option<i64> {
 fn thread_nice_of_self() -> i64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    rest.split(' ').nth(16).and_then(|v| v.parse().ok()).expect("nice")
+    rest.split(' ')
+        .nth(16)
+        .and_then(|v| v.parse().ok())
+        .expect("nice")
 }
