@@ -433,7 +433,41 @@ impl IdempotencyTable {
 
     /// Hints the index line a lookup of `key` will read (no effect on state).
     pub(crate) fn prefetch_key(&self, key: &IdempotencyKey) {
-        self.index.prefetch(tag(self.hash(key.as_bytes())));
+        self.prefetch_hash(self.hash(key.as_bytes()));
+    }
+
+    /// Hints the index line a lookup of a key with this hash will read.
+    pub(crate) fn prefetch_hash(&self, hash: u64) {
+        self.index.prefetch(tag(hash));
+    }
+
+    /// Adds a record loaded from an image (oldest first): the key checked as
+    /// [`IdempotencyKey::new`] would, hashed once (`hash` is [`Self::hash`] of it), refused if
+    /// the table is full or holds the key already. No key is allocated: loading millions of
+    /// records is on the restart path.
+    pub(crate) fn restore_hashed(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        params: u64,
+        timestamp_ns: u64,
+        outcome: Outcome,
+    ) -> Result<(), &'static str> {
+        if key.is_empty() || key.len() > crate::command::IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err("idempotency key length");
+        }
+        if self.is_full() || self.find_bytes_hashed(key, hash).is_some() {
+            return Err("idempotency records over capacity or duplicated");
+        }
+        if self
+            .entries
+            .back()
+            .is_some_and(|back| back.timestamp_ns > timestamp_ns)
+        {
+            return Err("idempotency records out of time order");
+        }
+        self.insert_bytes_hashed(key, hash, params, timestamp_ns, outcome);
+        Ok(())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -518,7 +552,10 @@ impl IdempotencyTable {
 
     /// `find` with the key's hash already computed (the hot path hashes each key once).
     pub(crate) fn find_hashed(&self, key: &IdempotencyKey, hash: u64) -> Option<Record> {
-        let bytes = key.as_bytes();
+        self.find_bytes_hashed(key.as_bytes(), hash)
+    }
+
+    fn find_bytes_hashed(&self, bytes: &[u8], hash: u64) -> Option<Record> {
         let first = self.first_number as u32;
         let number = self.index.find(tag(hash), |n| {
             let entry = &self.entries[n.wrapping_sub(first) as usize];
@@ -531,6 +568,7 @@ impl IdempotencyTable {
         ))
     }
 
+    #[cfg(test)]
     pub(crate) fn insert(
         &mut self,
         key: &IdempotencyKey,
@@ -551,16 +589,29 @@ impl IdempotencyTable {
         timestamp_ns: u64,
         outcome: Outcome,
     ) {
-        debug_assert_eq!(key_hash, self.hash(key.as_bytes()));
+        self.insert_bytes_hashed(key.as_bytes(), key_hash, params, timestamp_ns, outcome);
+    }
+
+    fn insert_bytes_hashed(
+        &mut self,
+        bytes: &[u8],
+        key_hash: u64,
+        params: u64,
+        timestamp_ns: u64,
+        outcome: Outcome,
+    ) {
+        debug_assert_eq!(key_hash, self.hash(bytes));
         assert!(!self.is_full(), "idempotency insert past capacity");
-        debug_assert!(self.find(key).is_none(), "idempotency key inserted twice");
+        debug_assert!(
+            self.find_bytes_hashed(bytes, key_hash).is_none(),
+            "idempotency key inserted twice"
+        );
         if let Some(back) = self.entries.back() {
             assert!(
                 back.timestamp_ns <= timestamp_ns,
                 "idempotency timestamps went back"
             );
         }
-        let bytes = key.as_bytes();
         let key_len = u8::try_from(bytes.len()).unwrap_or(u8::MAX);
         assert_eq!(
             usize::from(key_len),

@@ -9,7 +9,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::codec::{OUTCOME_BYTES_MAX, decode_outcome, encode_outcome};
-use crate::command::{IdempotencyKey, Tier};
+use crate::command::Tier;
 use crate::currency::{CurrencyCode, CurrencyId, minor_units_max};
 use crate::engine::{CurrencyInfo, Engine, EngineConfig, PendingLeg};
 use crate::hold::Hold;
@@ -437,24 +437,51 @@ impl Engine {
             };
             engine.decisions.insert(*transfer, refused);
         }
-        let mut offset = 0usize;
-        for entry in &image.idempotency {
+        // Millions of records on the restart path: the table is sized once (no index doubling
+        // and rehash mid-load), each key is hashed once and never allocated, and the index
+        // line of the record RESTORE_AHEAD places ahead is prefetched, so the random index
+        // misses overlap instead of being paid one after another.
+        const RESTORE_AHEAD: usize = 16;
+        let records = &image.idempotency;
+        let keys = &image.idempotency_keys;
+        engine.idempotency.reserve(records.len());
+        let mut hashes = [0u64; RESTORE_AHEAD];
+        let (mut offset, mut ahead_offset) = (0usize, 0usize);
+        let hash_ahead = |engine: &Engine,
+                          i: usize,
+                          ahead_offset: &mut usize,
+                          hashes: &mut [u64; RESTORE_AHEAD]| {
+            let Some(record) = records.get(i) else {
+                return;
+            };
+            let end = *ahead_offset + usize::from(record.key_len);
+            // A truncated key gets no hint; the loop below names it.
+            if let Some(key) = keys.get(*ahead_offset..end) {
+                let hash = engine.idempotency.hash(key);
+                engine.idempotency.prefetch_hash(hash);
+                hashes[i % RESTORE_AHEAD] = hash;
+            }
+            *ahead_offset = end;
+        };
+        for i in 0..RESTORE_AHEAD {
+            hash_ahead(&engine, i, &mut ahead_offset, &mut hashes);
+        }
+        for (i, entry) in records.iter().enumerate() {
+            let hash = hashes[i % RESTORE_AHEAD];
+            hash_ahead(&engine, i + RESTORE_AHEAD, &mut ahead_offset, &mut hashes);
             let end = offset + usize::from(entry.key_len);
-            let Some(key) = image.idempotency_keys.get(offset..end) else {
+            let Some(key) = keys.get(offset..end) else {
                 return invalid("idempotency keys truncated");
             };
-            let key = IdempotencyKey::new(key).map_err(|_| ImageError("idempotency key".into()))?;
             let (outcome, _) =
                 decode_outcome(&entry.outcome).map_err(|e| ImageError(e.to_string()))?;
-            if engine.idempotency.is_full() || engine.idempotency.find(&key).is_some() {
-                return invalid("idempotency records over capacity or duplicated");
-            }
             engine
                 .idempotency
-                .insert(&key, entry.params, entry.timestamp_ns, outcome);
+                .restore_hashed(key, hash, entry.params, entry.timestamp_ns, outcome)
+                .map_err(|reason| ImageError(reason.into()))?;
             offset = end;
         }
-        if offset != image.idempotency_keys.len() {
+        if offset != keys.len() {
             return invalid("idempotency keys have trailing bytes");
         }
         Ok(engine)
@@ -464,7 +491,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Command, Effects, Op, Outcome};
+    use crate::{Command, Effects, IdempotencyKey, Op, Outcome};
 
     fn busy_engine(config: EngineConfig) -> (Engine, u64) {
         let mut engine = Engine::new(config);
@@ -627,5 +654,33 @@ mod tests {
             Engine::from_image(EngineConfig::default(), &image).is_err(),
             "keys"
         );
+        let refusal = |image: &EngineImage| {
+            Engine::from_image(EngineConfig::default(), image)
+                .err()
+                .map(|e| e.to_string())
+        };
+        // Two records of one key: the second keeps its own bytes but repeats the first key.
+        let mut image = engine.to_image();
+        let (first, second) = (image.idempotency[0], image.idempotency[1]);
+        assert_eq!(first.key_len, second.key_len, "fixture keys of one length");
+        let len = usize::from(first.key_len);
+        let key: Vec<u8> = image.idempotency_keys[..len].to_vec();
+        image.idempotency_keys[len..2 * len].copy_from_slice(&key);
+        assert!(refusal(&image).is_some_and(|e| e.contains("duplicated")));
+        // Records out of time order (a panic before: the insert asserted it).
+        let mut image = engine.to_image();
+        image.idempotency[1].timestamp_ns = image.idempotency[0].timestamp_ns - 1;
+        assert!(refusal(&image).is_some_and(|e| e.contains("time order")));
+        // An empty key.
+        let mut image = engine.to_image();
+        let len0 = usize::from(image.idempotency[0].key_len);
+        image.idempotency[0].key_len = 0;
+        image.idempotency[1].key_len += len0 as u8;
+        assert!(refusal(&image).is_some_and(|e| e.contains("key length")));
+        // Intact, it loads with every record findable.
+        let image = engine.to_image();
+        let loaded = Engine::from_image(EngineConfig::default(), &image).expect("loads");
+        assert_eq!(loaded.state_hash(), engine.state_hash());
+        assert_eq!(loaded.idempotency_entries(), engine.idempotency_entries());
     }
 }
