@@ -11,15 +11,7 @@ use paycore_store::testing::PgSchema;
 use paycore_store::workload::{Workload, WorkloadConfig, write_journals};
 
 fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "paycore-store-cli-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    paycore_store::testing::temp_dir(&format!("paycore-store-cli-{name}"))
 }
 
 fn paycore(args: &[&str], data_dir: &Path, store: &[String]) -> (i32, String) {

@@ -21,15 +21,7 @@ const KILLS: u64 = 4;
 const DEADLINE: Duration = Duration::from_secs(180);
 
 fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "paycore-sigkill-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    paycore_store::testing::temp_dir(&format!("paycore-sigkill-{name}"))
 }
 
 /// Movements (Transfer events) and postings the journal must produce, from a replay.

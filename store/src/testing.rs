@@ -70,3 +70,17 @@ impl Drop for PgSchema {
         }
     }
 }
+
+/// A fresh folder under the system temp dir, unique per process and call
+/// (`<prefix>-<pid>-<nanos>`); the test removes it at the end.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

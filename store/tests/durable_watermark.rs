@@ -186,13 +186,5 @@ fn postgres_deferred_commits_and_the_durable_watermark() {
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "paycore-durable-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    paycore_store::testing::temp_dir(&format!("paycore-durable-{name}"))
 }

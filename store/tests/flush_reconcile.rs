@@ -308,15 +308,7 @@ fn postgres_flush_resume_reconcile_tamper_and_month_partitions() {
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "paycore-store-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    paycore_store::testing::temp_dir(&format!("paycore-store-{name}"))
 }
 
 /// A running flusher whose store goes back in time (restored from a backup: rows and
