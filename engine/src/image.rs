@@ -314,7 +314,11 @@ impl Engine {
         // index holds the same slots either way; no outcome or hash depends on the thread.)
         let seed = engine.config.hash_seed;
         let (copied, index) = std::thread::scope(|scope| {
-            let indexer = scope.spawn(|| user_index_of(&image.wallets, seed));
+            // No thread to be had (a process at its limit): build the index here afterwards.
+            let indexer = std::thread::Builder::new()
+                .name("image-index".into())
+                .spawn_scoped(scope, || user_index_of(&image.wallets, seed))
+                .ok();
             let copied = (|| -> Result<(), ImageError> {
                 for (slot, w) in image.wallets.iter().enumerate() {
                     if usize::from(w.currency) >= currency_count {
@@ -358,9 +362,12 @@ impl Engine {
                 }
                 Ok(())
             })();
-            let index = indexer
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let index = match indexer {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                None => user_index_of(&image.wallets, seed),
+            };
             (copied, index)
         });
         copied?;

@@ -458,7 +458,6 @@ async fn with_a_ca_only_clients_with_its_certificates_get_in() {
 /// journal commit latency histogram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_throughput_and_commit_latency() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = data_dir("metrics");
     let mut node_args = args(&dir, 2);
     node_args.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -466,18 +465,7 @@ async fn metrics_expose_throughput_and_commit_latency() {
     let metrics = node.metrics.expect("metrics served");
     let client = client(node.listen, &dir).await;
     open_wallets(&client, 10, 1_000).await;
-    let mut stream = tokio::net::TcpStream::connect(metrics)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
+    let response = scrape(metrics).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("text/plain; version=0.0.4"));
     let value = |line_start: &str| -> u64 {
