@@ -180,6 +180,9 @@ impl Engine {
         let wallets_reserve = config.wallets_reserve.min(config.wallets_max);
         let wallets = Vec::with_capacity(wallets_reserve);
         crate::huge_pages::advise(&wallets);
+        if wallets_reserve > 0 {
+            crate::huge_pages::populate(&wallets);
+        }
         Engine {
             currencies: Vec::new(),
             wallets,

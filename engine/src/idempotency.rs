@@ -381,8 +381,19 @@ pub(crate) struct IdempotencyTable {
 impl IdempotencyTable {
     /// Allocates room for `entries` entries (capped at the maximum) and an index that holds
     /// them under its load limit, so nothing grows below that size.
+    /// The room is faulted in now (`huge_pages::populate`): the first inserts into it take no
+    /// page faults inside a writer's batch.
     pub(crate) fn with_reserve(mut self, entries: usize) -> Self {
+        let entries = entries.min(self.entries_max);
+        if self.entries.is_empty() && entries > 0 {
+            let room: Vec<Entry> = Vec::with_capacity(entries);
+            crate::huge_pages::advise(&room);
+            crate::huge_pages::populate(&room);
+            // Reuses the vector's buffer as it is (no copy, no reallocation).
+            self.entries = VecDeque::from(room);
+        }
         self.reserve(entries);
+        crate::huge_pages::populate(&self.index.slots);
         self
     }
 

@@ -1,6 +1,6 @@
 //! The byte layout of segments and records (also written down in `docs/design.md`).
 //!
-//! All integers little-endian. A segment is a preallocated, zero-filled file:
+//! All integers little-endian. A segment is a preallocated file that reads as zeros past its last record:
 //!
 //! ```text
 //! segment header, 64 bytes:

@@ -1,7 +1,7 @@
 //! # paycore-journal: the per-shard write-ahead log
 //!
 //! Every command a shard applies is journaled before its reply; a restart, the hot standby and
-//! the Postgres flusher all read this journal. Records live in preallocated, zero-filled,
+//! the Postgres flusher all read this journal. Records live in preallocated (reading as zeros),
 //! memory-mapped segment files, framed with length, CRC32C, sequence number, epoch and timestamp
 //! (layout in [`format`] and `docs/design.md`).
 //!

@@ -166,6 +166,11 @@ pub struct Config {
     /// Write an SVG plot of latency by percentile here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Write every measured request here as CSV (`start_us,latency_us`: when it was sent, or
+    /// due in the open loop, in µs since the measured phase began, and its latency), to see
+    /// *when* the slow requests happened. At most the first 10,000,000 requests.
+    #[arg(long)]
+    pub latency_log: Option<PathBuf>,
     /// No progress bar (there is none either when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -502,7 +507,12 @@ struct Stats {
     requests: u64,
     cross_shard: u64,
     last_answer: Option<Instant>,
+    /// `(start µs since the phase began, latency µs)` per request, when `--latency-log` asks.
+    log: Option<Vec<(u64, u64)>>,
 }
+
+/// Rows `--latency-log` keeps at most (16 B each: 160 MB).
+const LATENCY_LOG_ROWS_MAX: usize = 10_000_000;
 
 impl Stats {
     fn new() -> Result<Stats, Error> {
@@ -513,6 +523,7 @@ impl Stats {
             requests: 0,
             cross_shard: 0,
             last_answer: None,
+            log: None,
         })
     }
 }
@@ -537,6 +548,8 @@ struct Shared {
     retry_busy: bool,
     next_key: AtomicU64,
     next_connection: AtomicU64,
+    /// Start of the measured phase (set just before it begins; the latency log counts from it).
+    started: std::sync::OnceLock<Instant>,
     stats: Mutex<Stats>,
     live: Live,
 }
@@ -629,6 +642,13 @@ impl Shared {
             .saturating_record(latency_us.clamp(1, LATENCY_US_MAX));
         stats.requests += 1;
         stats.cross_shard += cross;
+        if let Some(log) = &mut stats.log
+            && log.len() < LATENCY_LOG_ROWS_MAX
+        {
+            let begun = self.started.get().copied().unwrap_or(since);
+            let start_us = since.saturating_duration_since(begun).as_micros() as u64;
+            log.push((start_us, latency_us));
+        }
         stats.last_answer = Some(stats.last_answer.map_or(now, |last| last.max(now)));
     }
 }
@@ -694,11 +714,16 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
         retry_busy: config.retry_busy,
         next_key: AtomicU64::new(0),
         next_connection: AtomicU64::new(0),
-        stats: Mutex::new(Stats::new()?),
+        started: std::sync::OnceLock::new(),
+        stats: Mutex::new(Stats {
+            log: config.latency_log.as_ref().map(|_| Vec::new()),
+            ..Stats::new()?
+        }),
         live: Live::default(),
     });
     let bar = progress_bar(&config, progress_on);
     let started = Instant::now();
+    let _ = shared.started.set(started);
     let done = Arc::new(AtomicBool::new(false));
     let ticker = tokio::spawn(tick_progress(
         bar.clone(),
@@ -716,7 +741,10 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     bar.finish_and_clear();
 
     let (outcomes, histogram, requests, cross_shard, last) = {
-        let stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(path), Some(log)) = (&config.latency_log, stats.log.take()) {
+            write_latency_log(path, &log)?;
+        }
         (
             stats.outcomes.clone(),
             stats.histogram.clone(),
@@ -774,6 +802,19 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
             .map_err(|e| Error(format!("{}: {e}", path.display())))?;
     }
     Ok(summary)
+}
+
+/// Writes `--latency-log`: a header, then one `start_us,latency_us` row per request.
+fn write_latency_log(path: &std::path::Path, log: &[(u64, u64)]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| Error(format!("{}: {e}", path.display()));
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(out, "start_us,latency_us").map_err(fail)?;
+    for (start_us, latency_us) in log {
+        writeln!(out, "{start_us},{latency_us}").map_err(fail)?;
+    }
+    out.flush().map_err(fail)
 }
 
 /// Registers `currency` on every shard; an existing one (`currency_exists`) is fine.
