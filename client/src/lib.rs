@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod udp;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -252,7 +254,7 @@ impl Client {
             server: config.server,
             reason: e.to_string(),
         })?;
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        let mut endpoint = udp::endpoint(bind, None).map_err(|e| ClientError::Connect {
             server: config.server,
             reason: e.to_string(),
         })?;

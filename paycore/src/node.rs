@@ -431,7 +431,7 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
     transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, args.listen)
+    let endpoint = paycore_client::udp::endpoint(args.listen, Some(server))
         .map_err(|e| format!("{}: {e}", args.listen))?;
     let listen = endpoint.local_addr().map_err(|e| e.to_string())?;
     let accept = endpoint.clone();
