@@ -33,7 +33,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use paycore_engine::{Command, Engine, EngineConfig, LINKED_OPS_MAX, Op, Outcome, Reject};
 use paycore_journal::{JournalConfig, MmapStorage, RecoveryOptions};
-use paycore_snapshot::{Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard};
+use paycore_snapshot::{
+    DurableShard, Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard,
+};
 
 pub use events::{EventBatch, EventLog, Read};
 pub use replication::{ReplicationGate, ReplicationMode};
@@ -122,8 +124,56 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// Recovers every shard (snapshot load + journal replay), as many at once as there are cores:
+/// shards share nothing, so a node's restart takes about as long as its largest shard, not the
+/// sum of them. Returns them in shard order, or the first shard's error.
+fn recover_shards(config: &SequencerConfig) -> Result<Vec<DurableShard>, ShardError> {
+    let open = |shard: u16| {
+        let engine = EngineConfig {
+            shard,
+            shard_count: config.shard_count,
+            ..config.engine.clone()
+        };
+        let journal = JournalConfig {
+            shard,
+            ..config.journal.clone()
+        };
+        open_shard(&config.data_dir, engine, journal, config.recovery)
+    };
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards: Vec<u16> = (0..config.shard_count).collect();
+    let mut opened = Vec::with_capacity(shards.len());
+    for group in shards.chunks(at_once) {
+        let results: Vec<Result<DurableShard, ShardError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|&shard| {
+                    std::thread::Builder::new()
+                        .name(format!("recover-{shard}"))
+                        .spawn_scoped(scope, move || open(shard))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(group)
+                .map(|(handle, &shard)| match handle {
+                    Ok(handle) => handle.join().unwrap_or_else(|panic| {
+                        std::panic::resume_unwind(panic);
+                    }),
+                    // No thread to be had: recover this one here.
+                    Err(_) => open(shard),
+                })
+                .collect()
+        });
+        for result in results {
+            opened.push(result?);
+        }
+    }
+    Ok(opened)
+}
+
 impl Sequencer {
-    /// Recovers every shard and starts its writer thread.
+    /// Recovers every shard (in parallel) and starts its writer thread.
     pub fn start(config: SequencerConfig) -> Result<Sequencer, ShardError> {
         assert!(
             config.shard_count > 0 && config.ring_requests_max > 0 && config.batch_commands_max > 0
@@ -132,24 +182,7 @@ impl Sequencer {
         let (internal_senders, internal_receivers): (Vec<_>, Vec<_>) = (0..count)
             .map(|_| crossbeam_channel::unbounded::<Command>())
             .unzip();
-        let mut opened = Vec::with_capacity(count);
-        for shard in 0..config.shard_count {
-            let engine = EngineConfig {
-                shard,
-                shard_count: config.shard_count,
-                ..config.engine.clone()
-            };
-            let journal = JournalConfig {
-                shard,
-                ..config.journal.clone()
-            };
-            opened.push(open_shard(
-                &config.data_dir,
-                engine,
-                journal,
-                config.recovery,
-            )?);
-        }
+        let opened = recover_shards(&config)?;
         let mut rings = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         let mut stats = Vec::with_capacity(count);
