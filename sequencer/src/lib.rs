@@ -124,11 +124,15 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// Recovers every shard (snapshot load + journal replay), as many at once as there are cores:
-/// shards share nothing, so a node's restart takes about as long as its largest shard, not the
-/// sum of them. Returns them in shard order, or the first shard's error.
-fn recover_shards(config: &SequencerConfig) -> Result<Vec<DurableShard>, ShardError> {
-    let open = |shard: u16| {
+/// A recovered shard, and the engine its snapshot replica starts from (when snapshots are on).
+type Recovered = (DurableShard, Option<Engine>);
+
+/// Recovers every shard (snapshot load + journal replay) and copies its engine for the snapshot
+/// replica, as many shards at once as there are cores: shards share nothing, so a node's
+/// restart takes about as long as its largest shard, not the sum of them. Returns them in shard
+/// order, or the first shard's error.
+fn recover_shards(config: &SequencerConfig) -> Result<Vec<Recovered>, ShardError> {
+    let open = |shard: u16| -> Result<Recovered, ShardError> {
         let engine = EngineConfig {
             shard,
             shard_count: config.shard_count,
@@ -138,13 +142,21 @@ fn recover_shards(config: &SequencerConfig) -> Result<Vec<DurableShard>, ShardEr
             shard,
             ..config.journal.clone()
         };
-        open_shard(&config.data_dir, engine, journal, config.recovery)
+        let durable = open_shard(&config.data_dir, engine, journal, config.recovery)?;
+        let replica = config.snapshots.map(|_| {
+            // A clone keeps only the room it uses: give the replica the reserve too, so its
+            // tables do not grow (and burn a core rehashing) mid-load.
+            let mut engine = durable.engine.clone();
+            engine.reserve_as_configured();
+            engine
+        });
+        Ok((durable, replica))
     };
     let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards: Vec<u16> = (0..config.shard_count).collect();
     let mut opened = Vec::with_capacity(shards.len());
     for group in shards.chunks(at_once) {
-        let results: Vec<Result<DurableShard, ShardError>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Recovered, ShardError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = group
                 .iter()
                 .map(|&shard| {
@@ -195,7 +207,7 @@ impl Sequencer {
         let release_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Legs debited before the last stop and not settled: send them again. A destination
         // that already applied one answers with its original decision (engine `decisions`).
-        for durable in opened.iter().filter(|_| !config.standby) {
+        for (durable, _) in opened.iter().filter(|_| !config.standby) {
             for leg in durable.engine.pending_credit_legs() {
                 let to = usize::from(leg.to.shard());
                 if let Some(sender) = internal_senders.get(to) {
@@ -203,10 +215,10 @@ impl Sequencer {
                 }
             }
         }
-        for (durable, internal) in opened.into_iter().zip(internal_receivers) {
+        for ((durable, replica_engine), internal) in opened.into_iter().zip(internal_receivers) {
             let shard = durable.engine.config().shard;
-            let snapshotter = match config.snapshots {
-                Some(policy) => {
+            let snapshotter = match (config.snapshots, replica_engine) {
+                (Some(policy), Some(replica_engine)) => {
                     let storage =
                         MmapStorage::open_dir(&durable.paths.journal).map_err(|source| {
                             ShardError::Io {
@@ -214,10 +226,6 @@ impl Sequencer {
                                 source,
                             }
                         })?;
-                    // A clone keeps only the room it uses: give the replica the reserve too,
-                    // so its tables do not grow (and burn a core rehashing) mid-load.
-                    let mut replica_engine = durable.engine.clone();
-                    replica_engine.reserve_as_configured();
                     let replica = Replica::new(
                         replica_engine,
                         storage,
@@ -226,7 +234,7 @@ impl Sequencer {
                     );
                     Some(Snapshotter::spawn(replica, policy))
                 }
-                None => None,
+                _ => None,
             };
             let (ring, ring_receiver) = crossbeam_channel::bounded(config.ring_requests_max);
             let mut shard_stats = ShardStats::default();
