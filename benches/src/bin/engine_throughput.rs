@@ -34,6 +34,20 @@ struct Args {
     without_events: bool,
 }
 
+const USAGE: &str =
+    "engine_throughput [--wallets 1000000] [--live-keys 8000000] [--count 5000000] \
+[--runs 3] [--only transfers|deposits|holds] [--open-holds 100000] [--without-events]
+
+One thread applies transfers (uniform and Zipf 1.0), deposits and hold + capture pairs to an
+engine of --wallets wallets whose idempotency table is kept at --live-keys entries, and prints
+commands/s per workload for each of --runs runs of --count commands.";
+
+/// Exits with the usage and status 2 (a bad flag is the caller's mistake, not a crash).
+fn usage_error(message: &str) -> ! {
+    eprintln!("engine_throughput: {message}\n\n{USAGE}");
+    std::process::exit(2)
+}
+
 fn parse_args() -> Args {
     let mut args = Args {
         wallets: 1_000_000,
@@ -48,28 +62,52 @@ fn parse_args() -> Args {
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
+                .unwrap_or_else(|| usage_error(&format!("{flag} needs a value")))
                 .replace('_', "")
         };
         match flag.as_str() {
-            "--wallets" => args.wallets = value().parse().expect("--wallets N"),
-            "--live-keys" => args.live_keys = value().parse().expect("--live-keys N"),
-            "--count" => args.count = value().parse().expect("--count N"),
-            "--runs" => args.runs = value().parse().expect("--runs N"),
+            "--wallets" => {
+                args.wallets = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--wallets takes a number"))
+            }
+            "--live-keys" => {
+                args.live_keys = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--live-keys takes a number"))
+            }
+            "--count" => {
+                args.count = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--count takes a number"))
+            }
+            "--runs" => {
+                args.runs = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--runs takes a number"))
+            }
             "--without-events" => {
                 args.without_events = true;
                 continue;
             }
-            "--open-holds" => args.open_holds = value().parse().expect("--open-holds N"),
+            "--open-holds" => {
+                args.open_holds = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--open-holds takes a number"))
+            }
             "--only" => {
                 args.only = match value().as_str() {
                     "transfers" => Only::Transfers,
                     "deposits" => Only::Deposits,
                     "holds" => Only::Holds,
-                    other => panic!("--only transfers|deposits|holds, not {other}"),
+                    other => usage_error(&format!("--only transfers|deposits|holds, not {other}")),
                 }
             }
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => usage_error(&format!("unknown argument {other}")),
         }
     }
     args
