@@ -68,6 +68,7 @@ fn engine(c: &mut Criterion) {
         })
     });
     group.throughput(Throughput::Elements(2));
+    fixture.refresh_holds(&mut picker, OPEN_HOLDS);
     group.bench_function("hold_capture_pair", |b| {
         b.iter_custom(|iters| {
             timed(&mut fixture, iters, 2, |f, n| {

@@ -364,6 +364,17 @@ impl Fixture {
         );
     }
 
+    /// Forgets the holds the engine no longer has open (expired at their 7-day expiry in
+    /// command time: a long run of other workloads before this one gets there), then places
+    /// new ones until `open` are open again. Without it the hold + capture benchmark measured
+    /// captures rejected as `hold_closed` once the machine was fast enough to run ~56 M
+    /// commands before it.
+    pub fn refresh_holds(&mut self, picker: &mut Picker, open: usize) {
+        let engine = &self.engine;
+        self.open_holds.retain(|(id, _)| engine.hold(*id).is_some());
+        self.open_holds(picker, open);
+    }
+
     /// `pairs` pairs of commands: capture the oldest open hold (in full, to another random
     /// wallet), then place a new hold on a random wallet.
     pub fn hold_capture_chunk(&mut self, picker: &mut Picker, pairs: usize) -> Vec<Command> {

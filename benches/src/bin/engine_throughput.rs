@@ -171,6 +171,8 @@ fn main() {
             line += &format!(" deposit {:.3} M/s;", rate(args.count, t) / 1e6);
         }
         if holds {
+            // Holds placed long ago (in command time) may have expired meanwhile.
+            fixture.refresh_holds(&mut picker, args.open_holds);
             let pairs = args.count / 2;
             let t = timed(&mut fixture, pairs, 2, |f, n| {
                 f.hold_capture_chunk(&mut picker, n)
