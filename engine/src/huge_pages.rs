@@ -10,16 +10,12 @@ const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// Advises the kernel to back the allocation of `values` (its whole capacity) with huge pages.
 /// Call it after the vector (re)allocates. Small vectors are left alone.
 pub(crate) fn advise<T>(values: &Vec<T>) {
-    let bytes = values.capacity() * std::mem::size_of::<T>();
-    if bytes < 2 * HUGE_PAGE_BYTES {
+    if values.capacity() * std::mem::size_of::<T>() < 2 * HUGE_PAGE_BYTES {
         return;
     }
-    let start = values.as_ptr() as usize;
-    let first = start.next_multiple_of(HUGE_PAGE_BYTES);
-    let end = (start + bytes) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
-    if end <= first {
+    let Some((first, end)) = inner_range(values, HUGE_PAGE_BYTES) else {
         return;
-    }
+    };
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     // SAFETY: `first..end` lies inside this vector's own allocation (aligned inwards to 2 MiB)
@@ -29,6 +25,16 @@ pub(crate) fn advise<T>(values: &Vec<T>) {
     unsafe {
         libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
     }
+}
+
+/// The addresses `first..end` of the whole `align`-sized blocks inside `values`' allocation
+/// (its whole capacity), if there is one.
+fn inner_range<T>(values: &Vec<T>, align: usize) -> Option<(usize, usize)> {
+    let bytes = values.capacity() * std::mem::size_of::<T>();
+    let start = values.as_ptr() as usize;
+    let first = start.next_multiple_of(align);
+    let end = (start + bytes) / align * align;
+    (end > first).then_some((first, end))
 }
 
 /// Bytes of the small page, the unit [`populate`] works in.
@@ -45,13 +51,9 @@ const PAGE_BYTES: usize = 4096;
 /// untouched page reads as anyway. A kernel without `MADV_POPULATE_WRITE` (before 5.14) leaves
 /// the pages to fault later.
 pub(crate) fn populate<T>(values: &Vec<T>) {
-    let bytes = values.capacity() * std::mem::size_of::<T>();
-    let start = values.as_ptr() as usize;
-    let first = start.next_multiple_of(PAGE_BYTES);
-    let end = (start + bytes) / PAGE_BYTES * PAGE_BYTES;
-    if end <= first {
+    let Some((first, end)) = inner_range(values, PAGE_BYTES) else {
         return;
-    }
+    };
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     // SAFETY: `first..end` lies inside this vector's own allocation (aligned inwards to whole
