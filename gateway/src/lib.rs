@@ -509,13 +509,27 @@ pub fn run(args: GatewayArgs) -> Result<(), String> {
 pub struct SpawnedGateway {
     pub addr: SocketAddr,
     pub thread: std::thread::JoinHandle<()>,
+    /// Dropping or sending on it stops the gateway (its runtime ends with its thread).
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SpawnedGateway {
+    /// Stops the gateway and waits for its thread: `paycore up` does this before its node
+    /// stops, so the gateway does not spend the node's shutdown reconnecting to it. Requests
+    /// still in flight are cut off (the local embedded set-up; a deployed gateway is its own
+    /// process, `paycore gateway`).
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 /// Starts a gateway on its own thread and runtime (for `paycore up`, whose node owns the main
 /// thread's runtime); returns once it listens, or the reason it could not. It serves until
-/// the process exits.
+/// [`SpawnedGateway::stop`] (or until the process exits).
 pub fn spawn_gateway(args: GatewayArgs) -> Result<SpawnedGateway, String> {
     let (ready, listening) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("paycore-gateway".into())
         .spawn(move || {
@@ -530,7 +544,8 @@ pub fn spawn_gateway(args: GatewayArgs) -> Result<SpawnedGateway, String> {
                 match start(args).await {
                     Ok(gateway) => {
                         let _ = ready.send(Ok(gateway.addr));
-                        std::future::pending::<()>().await;
+                        // Until `stop` (or its sender is dropped); then the runtime ends.
+                        let _ = stopped.await;
                     }
                     Err(error) => {
                         let _ = ready.send(Err(error));
@@ -542,7 +557,7 @@ pub fn spawn_gateway(args: GatewayArgs) -> Result<SpawnedGateway, String> {
     let addr = listening
         .recv()
         .map_err(|_| "gateway thread ended".to_string())??;
-    Ok(SpawnedGateway { addr, thread })
+    Ok(SpawnedGateway { addr, thread, stop })
 }
 
 async fn wait_for_signal() {

@@ -114,7 +114,7 @@ fn up() -> Result<(), String> {
         defaults.node.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9400)));
     }
     println!("paycore up: embedded defaults (see `paycore node --help` to change them)");
-    let gateway = paycore_gateway::spawn_gateway(paycore_gateway::GatewayArgs::defaults(
+    let gateway_args = paycore_gateway::GatewayArgs::defaults(
         defaults.node.listen,
         defaults
             .node
@@ -125,15 +125,20 @@ fn up() -> Result<(), String> {
         "127.0.0.1:8080"
             .parse()
             .map_err(|e: std::net::AddrParseError| e.to_string())?,
-    ))?;
-    println!(
-        "  gateway: http://{} (REST API; OpenAPI at /api/v1/openapi.json)",
-        gateway.addr
     );
-    println!(
-        "  next: cargo run --release -p paycore-loadgen -- --server 127.0.0.1:7400 --trust ./paycore-data/tls/cert.der"
-    );
-    node::run_node(defaults.node)
+    // The gateway starts once the node listens, and stops before it.
+    node::run_node_then(defaults.node, || {
+        let spawned = paycore_gateway::spawn_gateway(gateway_args)?;
+        println!(
+            "  gateway: http://{} (REST API; OpenAPI at /api/v1/openapi.json)",
+            spawned.addr
+        );
+        println!(
+            "  next: cargo run --release -p paycore-loadgen -- --server 127.0.0.1:7400 --trust ./paycore-data/tls/cert.der"
+        );
+        let stop: node::OnStop = Box::new(move || spawned.stop());
+        Ok(Some(stop))
+    })
 }
 
 fn report(result: Result<(), String>) -> std::process::ExitCode {

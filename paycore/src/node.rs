@@ -469,6 +469,20 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
 
 /// `paycore node`: serve until SIGINT or SIGTERM, then finish in-flight group commits and exit.
 pub fn run_node(args: NodeArgs) -> Result<(), String> {
+    run_node_then(args, || Ok(None))
+}
+
+/// What [`run_node_then`] runs when the signal to stop arrives, before the node stops.
+pub type OnStop = Box<dyn FnOnce() + Send>;
+
+/// [`run_node`], calling `serving` once the node listens (and its certificate exists), before it
+/// waits for a signal, and what `serving` returned when the signal arrives, before the node
+/// stops: `paycore up` starts its gateway there (its first requests find the node instead of
+/// logging that it is not reachable yet) and stops it first.
+pub fn run_node_then(
+    args: NodeArgs,
+    serving: impl FnOnce() -> Result<Option<OnStop>, String>,
+) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("paycore-net")
@@ -498,7 +512,11 @@ pub fn run_node(args: NodeArgs) -> Result<(), String> {
         if let Some(metrics) = node.metrics {
             println!("paycore node: metrics on http://{metrics}/metrics");
         }
+        let on_stop = serving()?;
         wait_for_signal().await;
+        if let Some(on_stop) = on_stop {
+            on_stop();
+        }
         println!("paycore node: shutting down (finishing in-flight commits)");
         node.endpoint.close(0u32.into(), b"shutting down");
         node.endpoint.wait_idle().await;
@@ -721,6 +739,8 @@ async fn subscribe(
             None => sequencer.events(shard).first_kept(),
         })
         .collect();
+    // Resolves when the subscriber stops reading or its connection is lost.
+    let mut gone = std::pin::pin!(send.stopped());
     loop {
         let mut sent = false;
         for shard in 0..shards {
@@ -792,7 +812,13 @@ async fn subscribe(
             }
         }
         if !sent {
-            tokio::time::sleep(Duration::from_millis(SUBSCRIPTION_IDLE_MS)).await;
+            // Idle: wait for new events, or end at once when the subscriber is gone (a vanished
+            // client would otherwise hold the shards until the next event it cannot receive,
+            // and a node stopping would wait for it).
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(SUBSCRIPTION_IDLE_MS)) => {}
+                _ = &mut gone => return None,
+            }
         }
     }
 }

@@ -383,6 +383,37 @@ async fn event_subscription_in_order_and_resumable() {
     shut_down(node, &dir).await;
 }
 
+/// An idle subscription whose client goes away ends at once: it holds the shards no longer (a
+/// node stopping waited 5 s for such a one, then left its shards to the process exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_ends_when_its_client_goes_away() {
+    let dir = data_dir("gone");
+    let node = start_node(&args(&dir, 1)).await.expect("node starts");
+    // Holders of the sequencer with no client connected.
+    let before = std::sync::Arc::strong_count(&node.sequencer);
+    let client = client(node.listen, &dir).await;
+    let _subscription = client.subscribe(Vec::new()).await.expect("subscribe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::sync::Arc::strong_count(&node.sequencer) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection and its subscription never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::sync::Arc::strong_count(&node.sequencer) > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription of a closed client still runs ({} holders, {before} before)",
+            std::sync::Arc::strong_count(&node.sequencer)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shut_down(node, &dir).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_may_pin_the_certificate_fingerprint() {
     let dir = data_dir("pin");
