@@ -3,8 +3,8 @@
 //! The journal sees a folder of segment files, each a fixed-length byte array it writes into and
 //! syncs by range. [`MmapStorage`] is the real one (files preallocated with `fallocate`, so they
 //! read as zeros and their space is reserved; mapped with memmap2 for readers; commits written
-//! with `pwrite` and synced with `fdatasync`). [`crate::sim::SimStorage`] keeps a live and a durable image of
-//! every file so a test can cut the power and keep only what was synced.
+//! with `pwrite` and synced with `fdatasync`). [`crate::sim::SimStorage`] keeps a live and a
+//! durable image of every file so a test can cut the power and keep only what was synced.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -110,7 +110,7 @@ impl MmapStorage {
 /// written. Writing 64 MiB of real zeros instead, as this did before, put that much data in the
 /// disk's queue every few seconds, and every group commit's flush behind it waited: at 200,000
 /// transfers/s the open-loop p99 was 24-64 ms with zeros and 6.3-7.4 ms with `fallocate`, with
-/// the same commit latency at every group size (BENCHMARKS.md, "Segment preparation").
+/// the same commit latency at every group size (BENCHMARKS.md, "The latency tail found").
 ///
 /// Where the filesystem has no `fallocate`, real zeros are written, 1 MiB at a time with an
 /// `fdatasync` after each, so that at most 1 MiB of them is ever queued ahead of a commit.

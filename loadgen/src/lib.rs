@@ -548,8 +548,8 @@ struct Shared {
     retry_busy: bool,
     next_key: AtomicU64,
     next_connection: AtomicU64,
-    /// Start of the measured phase (set just before it begins; the latency log counts from it).
-    started: std::sync::OnceLock<Instant>,
+    /// Start of the measured phase (the latency log counts from it).
+    started: Instant,
     stats: Mutex<Stats>,
     live: Live,
 }
@@ -645,8 +645,7 @@ impl Shared {
         if let Some(log) = &mut stats.log
             && log.len() < LATENCY_LOG_ROWS_MAX
         {
-            let begun = self.started.get().copied().unwrap_or(since);
-            let start_us = since.saturating_duration_since(begun).as_micros() as u64;
+            let start_us = since.saturating_duration_since(self.started).as_micros() as u64;
             log.push((start_us, latency_us));
         }
         stats.last_answer = Some(stats.last_answer.map_or(now, |last| last.max(now)));
@@ -705,6 +704,8 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     let setup_secs = setup_started.elapsed().as_secs_f64();
 
     // Measured phase.
+    let bar = progress_bar(&config, progress_on);
+    let started = Instant::now();
     let shared = Arc::new(Shared {
         clients: clients.clone(),
         wallets,
@@ -714,16 +715,13 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
         retry_busy: config.retry_busy,
         next_key: AtomicU64::new(0),
         next_connection: AtomicU64::new(0),
-        started: std::sync::OnceLock::new(),
+        started,
         stats: Mutex::new(Stats {
             log: config.latency_log.as_ref().map(|_| Vec::new()),
             ..Stats::new()?
         }),
         live: Live::default(),
     });
-    let bar = progress_bar(&config, progress_on);
-    let started = Instant::now();
-    let _ = shared.started.set(started);
     let done = Arc::new(AtomicBool::new(false));
     let ticker = tokio::spawn(tick_progress(
         bar.clone(),
