@@ -21,7 +21,7 @@ use crate::idempotency::IdempotencyTable;
 use crate::ids::{HoldId, SHARD_COUNT_MAX, ShardId, TransferId, UserId, WalletId};
 use crate::outcome::{Applied, Outcome, Reject};
 use crate::velocity::{BUCKET_NS, VelocityWindow};
-use crate::wallet::{NO_VELOCITY, SystemRole, Wallet, WalletKind, WalletStatus};
+use crate::wallet::{Hot, NO_VELOCITY, SystemRole, Wallet, WalletKind, WalletStatus, Wallets};
 
 /// Bound of a system wallet's balance, in minor units, either sign. System wallets accumulate a
 /// shard's lifetime net flows (settlement: all deposits less withdrawals; in-transit: all
@@ -140,7 +140,7 @@ enum Undo {
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) currencies: Vec<CurrencyInfo>,
-    pub(crate) wallets: Vec<Wallet>,
+    pub(crate) wallets: Wallets,
     /// Open (not closed) user wallets by (user, currency); holds slots.
     pub(crate) user_index: HashTable<u32>,
     pub(crate) velocity: Vec<VelocityWindow>,
@@ -178,11 +178,7 @@ impl Engine {
         );
         let shards = usize::from(config.shard_count);
         let wallets_reserve = config.wallets_reserve.min(config.wallets_max);
-        let wallets = Vec::with_capacity(wallets_reserve);
-        crate::huge_pages::advise(&wallets);
-        if wallets_reserve > 0 {
-            crate::huge_pages::populate(&wallets);
-        }
+        let wallets = Wallets::with_capacity(wallets_reserve, wallets_reserve > 0);
         Engine {
             currencies: Vec::new(),
             wallets,
@@ -215,7 +211,7 @@ impl Engine {
     /// Changes no state.
     pub fn reserve_as_configured(&mut self) {
         let wallets = self.config.wallets_reserve.min(self.config.wallets_max);
-        crate::huge_pages::reserve_exact(&mut self.wallets, wallets);
+        self.wallets.reserve_exact(wallets);
         let users = wallets.saturating_sub(self.user_index.len());
         if users > 0 {
             let (wallets, seed) = (&self.wallets, self.config.hash_seed);
@@ -497,7 +493,7 @@ impl Engine {
         if w.balance() != 0 {
             return Err(Reject::BalanceNotZero);
         }
-        if w.open_obligations > 0 {
+        if self.wallets.cold(slot).open_obligations > 0 {
             return Err(Reject::WalletHasOpenHolds);
         }
         // After this point, closing must succeed.
@@ -967,7 +963,7 @@ impl Engine {
 
     /// The largest balance a wallet may hold: the currency's maximum for a user wallet,
     /// [`SYSTEM_BALANCE_MAX`] for a system wallet.
-    fn balance_max(&self, wallet: &Wallet) -> i128 {
+    fn balance_max(&self, wallet: &Hot) -> i128 {
         match wallet.kind {
             WalletKind::User => self.currencies[usize::from(wallet.currency.0)].max as i128,
             WalletKind::System(_) => SYSTEM_BALANCE_MAX,
@@ -999,7 +995,7 @@ impl Engine {
         else {
             return Ok(());
         };
-        let sent = match wallet.velocity {
+        let sent = match self.wallets.cold(slot).velocity {
             NO_VELOCITY => 0,
             index => self.velocity[index as usize].sent(self.last_timestamp_ns),
         };
@@ -1070,13 +1066,22 @@ impl Engine {
         }
     }
 
+    /// Records a wallet as it is, to undo a linked group (only inside one: the check stays
+    /// inline, the copy of the three parts does not).
+    #[inline(always)]
     fn record_wallet(&mut self, slot: u32) {
-        if let Some(log) = &mut self.undo {
-            log.push(Undo::Wallet {
-                slot,
-                before: self.wallets[slot as usize],
-            });
+        if self.undo.is_some() {
+            self.record_whole_wallet(slot);
         }
+    }
+
+    #[inline(never)]
+    fn record_whole_wallet(&mut self, slot: u32) {
+        let before = self
+            .wallets
+            .get(slot as usize)
+            .unwrap_or_else(|| unreachable!("undo record of a wallet that does not exist"));
+        self.record(Undo::Wallet { slot, before });
     }
 
     fn push_wallet(
@@ -1088,11 +1093,8 @@ impl Engine {
     ) -> u32 {
         let slot = self.wallets.len() as u32;
         assert!((slot as usize) < self.config.wallets_max);
-        if self.wallets.len() == self.wallets.capacity() {
-            crate::huge_pages::grow(&mut self.wallets, self.config.wallets_max);
-        }
         let now = self.last_timestamp_ns;
-        self.wallets.push(Wallet {
+        let wallet = Wallet {
             available: 0,
             frozen: 0,
             user,
@@ -1105,7 +1107,8 @@ impl Engine {
             tier,
             open_obligations: 0,
             velocity: NO_VELOCITY,
-        });
+        };
+        self.wallets.push(wallet, self.config.wallets_max);
         self.record(Undo::WalletPushed);
         if kind == WalletKind::User {
             self.index_insert(slot);
@@ -1153,7 +1156,6 @@ impl Engine {
         wallet.available += available;
         wallet.frozen += frozen;
         wallet.version += 1;
-        wallet.updated_at_ns = now;
         assert!(wallet.frozen >= 0, "frozen balance went negative");
         assert!(
             !wallet.is_user() || wallet.available >= 0,
@@ -1167,6 +1169,7 @@ impl Engine {
             frozen: wallet.frozen,
             version: wallet.version,
         });
+        self.wallets.touch(slot, now);
     }
 
     fn move_available(&mut self, from: u32, to: u32, amount: u128, effects: &mut Effects) {
@@ -1177,7 +1180,7 @@ impl Engine {
 
     fn change_obligations(&mut self, slot: u32, delta: i32) {
         self.record_wallet(slot);
-        let wallet = &mut self.wallets[slot as usize];
+        let wallet = self.wallets.cold_mut(slot);
         wallet.open_obligations = wallet
             .open_obligations
             .checked_add_signed(delta)
@@ -1190,8 +1193,8 @@ impl Engine {
         let wallet = &mut self.wallets[slot as usize];
         wallet.status = status;
         wallet.version += 1;
-        wallet.updated_at_ns = now;
         let user = wallet.user;
+        self.wallets.touch(slot, now);
         let wallet_id = self.wallet_id(slot);
         effects.event(Event::WalletStatusChanged {
             wallet: wallet_id,
@@ -1202,19 +1205,20 @@ impl Engine {
 
     fn add_velocity(&mut self, slot: u32, amount: u128) {
         let wallet = &self.wallets[slot as usize];
-        let (currency, tier, velocity) = (wallet.currency, wallet.tier, wallet.velocity);
+        let (currency, tier) = (wallet.currency, wallet.tier);
         if self.currencies[usize::from(currency.0)]
             .limit_24h(tier)
             .is_none()
         {
             return;
         }
+        let velocity = self.wallets.cold(slot).velocity;
         let index = if velocity == NO_VELOCITY {
             let index = self.velocity.len() as u32;
             self.velocity.push(VelocityWindow::default());
             self.record(Undo::VelocityPushed);
             self.record_wallet(slot);
-            self.wallets[slot as usize].velocity = index;
+            self.wallets.cold_mut(slot).velocity = index;
             index
         } else {
             velocity
@@ -1347,7 +1351,7 @@ impl Engine {
         };
         for undo in log.into_iter().rev() {
             match undo {
-                Undo::Wallet { slot, before } => self.wallets[slot as usize] = before,
+                Undo::Wallet { slot, before } => self.wallets.set(slot as usize, before),
                 Undo::WalletPushed => {
                     self.wallets.pop();
                 }
@@ -1438,13 +1442,13 @@ impl Engine {
         &self.currencies
     }
 
-    pub fn wallet(&self, wallet: WalletId) -> Option<&Wallet> {
+    pub fn wallet(&self, wallet: WalletId) -> Option<Wallet> {
         let slot = self.slot(wallet).ok()?;
         self.wallets.get(slot as usize)
     }
 
     /// All wallets of this shard, in slot order (system wallets included).
-    pub fn wallets(&self) -> impl Iterator<Item = (WalletId, &Wallet)> {
+    pub fn wallets(&self) -> impl Iterator<Item = (WalletId, Wallet)> + '_ {
         self.wallets
             .iter()
             .enumerate()
@@ -1548,7 +1552,7 @@ impl Engine {
     /// the check behind the double-entry invariant (O(wallets); for tests and audits).
     pub fn balance_sums(&self) -> Vec<i128> {
         let mut sums = vec![0i128; self.currencies.len()];
-        for wallet in &self.wallets {
+        for wallet in self.wallets.hot_parts() {
             sums[usize::from(wallet.currency.0)] += wallet.balance();
         }
         sums
@@ -1573,7 +1577,7 @@ impl Engine {
             }
         }
         d.u64(self.wallets.len() as u64);
-        for w in &self.wallets {
+        for w in self.wallets.iter() {
             d.i128(w.available)
                 .i128(w.frozen)
                 .u128(w.user.0)

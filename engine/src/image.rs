@@ -292,7 +292,6 @@ impl Engine {
         // Sized up front: growing a 10 M-entry index (and wallet vector) while loading costs
         // rehashes and copies on the restart path.
         engine.wallets.reserve_exact(image.wallets.len());
-        crate::huge_pages::advise(&engine.wallets);
         for c in &image.currencies {
             let code = CurrencyCode::from_bytes(&c.code).map_err(|e| ImageError(e.to_string()))?;
             if c.scale > crate::currency::CURRENCY_SCALE_MAX {
@@ -345,7 +344,7 @@ impl Engine {
                         return invalid(format!("wallet {slot} velocity index"));
                     }
                     sums[usize::from(w.currency)] += w.available + w.frozen;
-                    engine.wallets.push(Wallet {
+                    let wallet = Wallet {
                         available: w.available,
                         frozen: w.frozen,
                         user: UserId(w.user),
@@ -358,7 +357,8 @@ impl Engine {
                         tier: tier_from(w.tier)?,
                         open_obligations: w.open_obligations,
                         velocity: w.velocity,
-                    });
+                    };
+                    engine.wallets.push(wallet, usize::MAX);
                 }
                 Ok(())
             })();
@@ -447,8 +447,8 @@ impl Engine {
                 },
             );
         }
-        for (slot, wallet) in engine.wallets.iter().enumerate() {
-            if wallet.open_obligations != obligations[slot] {
+        for (slot, &expected) in obligations.iter().enumerate() {
+            if engine.wallets.cold(slot as u32).open_obligations != expected {
                 return invalid(format!(
                     "wallet {slot} obligations do not match its holds and legs"
                 ));

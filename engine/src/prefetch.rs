@@ -27,12 +27,11 @@ pub(crate) fn hint(address: *const u8) {
 impl Engine {
     fn prefetch_wallet(&self, wallet: WalletId) {
         if wallet.shard() == self.config.shard
-            && let Some(w) = self.wallets.get(wallet.slot() as usize)
+            && let Some((hot, updated_at)) = self.wallets.lines(wallet.slot() as usize)
         {
-            let start = (w as *const crate::wallet::Wallet).cast::<u8>();
-            hint(start);
-            // A 96-byte wallet may straddle two cache lines.
-            hint(start.wrapping_add(64));
+            // The wallet's hot line, and the line of its change time (written, never read).
+            hint(hot);
+            hint(updated_at);
         }
     }
 

@@ -103,7 +103,7 @@ impl Node {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            wallets: self.engine.wallets().map(|(id, w)| (id, *w)).collect(),
+            wallets: self.engine.wallets().collect(),
             holds: (0..=self.model.holds_issued + 1)
                 .map(|n| {
                     self.engine
@@ -375,7 +375,7 @@ impl Node {
                 _ => assert!(fx.messages.is_empty(), "rejected {command:?} sent messages"),
             }
         }
-        self.prev = e.wallets().map(|(id, w)| (id.0, *w)).collect();
+        self.prev = e.wallets().map(|(id, w)| (id.0, w)).collect();
     }
 
     /// A fresh engine fed the same journal reaches the same state hash — as recovery does
@@ -1263,7 +1263,7 @@ impl Bench {
     }
 
     fn wallet(&self, wallet: WalletId) -> Wallet {
-        *self.engine.wallet(wallet).unwrap()
+        self.engine.wallet(wallet).unwrap()
     }
 }
 
@@ -1491,8 +1491,7 @@ fn linked_group_whose_third_op_fails_leaves_no_trace() {
     let a = b.open(1, "USD");
     let c = b.open(2, "USD");
     assert!(b.deposit(a, 1_000, "USD").is_ok());
-    let wallets_before: Vec<(WalletId, Wallet)> =
-        b.engine.wallets().map(|(id, w)| (id, *w)).collect();
+    let wallets_before: Vec<(WalletId, Wallet)> = b.engine.wallets().collect();
     let next_hold = HoldId::new(0, 1);
     let group = Op::Linked(vec![
         Op::Transfer {
@@ -1523,8 +1522,7 @@ fn linked_group_whose_third_op_fails_leaves_no_trace() {
         }
     );
     assert!(b.fx.events.is_empty() && b.fx.messages.is_empty());
-    let wallets_after: Vec<(WalletId, Wallet)> =
-        b.engine.wallets().map(|(id, w)| (id, *w)).collect();
+    let wallets_after: Vec<(WalletId, Wallet)> = b.engine.wallets().collect();
     assert_eq!(wallets_after, wallets_before);
     assert_eq!(b.engine.open_hold_count(), 0);
     // The hold number was not consumed: the next hold gets it, and it was never "closed".
@@ -1553,8 +1551,8 @@ fn linked_group_whose_third_op_fails_leaves_no_trace() {
         expires_at_ns: None,
     };
     assert_eq!(twin.op(T0, op), Outcome::Ok(Applied::HoldPlaced(next_hold)));
-    let mine: Vec<Wallet> = b.engine.wallets().map(|(_, w)| *w).collect();
-    let theirs: Vec<Wallet> = twin.engine.wallets().map(|(_, w)| *w).collect();
+    let mine: Vec<Wallet> = b.engine.wallets().map(|(_, w)| w).collect();
+    let theirs: Vec<Wallet> = twin.engine.wallets().map(|(_, w)| w).collect();
     assert_eq!(mine, theirs);
     assert_eq!(b.engine.hold(next_hold), twin.engine.hold(next_hold));
 }
@@ -1563,7 +1561,7 @@ fn linked_group_whose_third_op_fails_leaves_no_trace() {
 fn linked_group_rolls_back_opens_closes_tiers_and_limits() {
     let mut b = Bench::new(EngineConfig::default());
     let a = b.open(1, "USD");
-    let before_hash_parts: Vec<Wallet> = b.engine.wallets().map(|(_, w)| *w).collect();
+    let before_hash_parts: Vec<Wallet> = b.engine.wallets().map(|(_, w)| w).collect();
     let next = WalletId::new(0, b.engine.wallet_count() as u64);
     let group = Op::Linked(vec![
         Op::CloseWallet { wallet: a },
@@ -1603,7 +1601,7 @@ fn linked_group_rolls_back_opens_closes_tiers_and_limits() {
             reason: Reject::WalletClosed
         }
     );
-    let after: Vec<Wallet> = b.engine.wallets().map(|(_, w)| *w).collect();
+    let after: Vec<Wallet> = b.engine.wallets().map(|(_, w)| w).collect();
     assert_eq!(after, before_hash_parts);
     assert_eq!(
         b.engine
