@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod copy_binary;
 pub mod decimal;
 pub mod durability;
 pub mod flusher;
