@@ -144,6 +144,9 @@ pub struct Engine {
     /// Open (not closed) user wallets by (user, currency); holds slots.
     pub(crate) user_index: HashTable<u32>,
     pub(crate) velocity: Vec<VelocityWindow>,
+    /// Whether any currency has a velocity limit for any tier: without one, a payment skips
+    /// the limit lookups (most shards configure none). Kept by [`Engine::refresh_limits_set`].
+    pub(crate) limits_set: bool,
     /// Users whose tier is not the default.
     pub(crate) tiers: HashMap<u128, Tier, FixedState>,
     pub(crate) holds: Holds,
@@ -184,6 +187,7 @@ impl Engine {
             wallets,
             user_index: HashTable::with_capacity(wallets_reserve),
             velocity: Vec::new(),
+            limits_set: false,
             tiers: HashMap::with_hasher(FixedState(config.hash_seed)),
             holds: Holds::new(config.hash_seed),
             pending: HashMap::with_hasher(FixedState(config.hash_seed)),
@@ -429,6 +433,7 @@ impl Engine {
             before,
         });
         self.currencies[usize::from(currency.0)].limits_24h[tier.index()] = limit_24h;
+        self.refresh_limits_set();
         Ok(Applied::Done)
     }
 
@@ -989,7 +994,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Recomputes [`Engine::limits_set`] after a limit changed (or state was loaded).
+    pub(crate) fn refresh_limits_set(&mut self) {
+        self.limits_set = self
+            .currencies
+            .iter()
+            .any(|c| c.limits_24h.iter().any(Option::is_some));
+    }
+
     fn check_velocity(&mut self, slot: u32, amount: u128) -> Result<(), Reject> {
+        if !self.limits_set {
+            return Ok(());
+        }
         let wallet = &self.wallets[slot as usize];
         let Some(limit) = self.currencies[usize::from(wallet.currency.0)].limit_24h(wallet.tier)
         else {
@@ -1204,6 +1220,9 @@ impl Engine {
     }
 
     fn add_velocity(&mut self, slot: u32, amount: u128) {
+        if !self.limits_set {
+            return;
+        }
         let wallet = &self.wallets[slot as usize];
         let (currency, tier) = (wallet.currency, wallet.tier);
         if self.currencies[usize::from(currency.0)]
@@ -1404,6 +1423,7 @@ impl Engine {
                 },
                 Undo::CurrencyPushed => {
                     self.currencies.pop();
+                    self.refresh_limits_set();
                 }
                 Undo::Limit {
                     currency,
@@ -1411,6 +1431,7 @@ impl Engine {
                     before,
                 } => {
                     self.currencies[usize::from(currency)].limits_24h[tier.index()] = before;
+                    self.refresh_limits_set();
                 }
             }
         }

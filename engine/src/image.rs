@@ -305,6 +305,7 @@ impl Engine {
                 limits_24h: c.limits_24h,
             });
         }
+        engine.refresh_limits_set();
         let currency_count = engine.currencies.len();
         let mut sums = vec![0i128; currency_count];
         // The (user, currency) index is built on a second thread from the image itself while

@@ -49,4 +49,4 @@ pub use event::{Effects, Event, ReleaseReason, ShardMessage, TransferKind, Trans
 pub use hold::Hold;
 pub use ids::{HoldId, SHARD_COUNT_MAX, ShardId, TransferId, UserId, WalletId};
 pub use outcome::{Applied, Outcome, Reject};
-pub use wallet::{SystemRole, Wallet, WalletKind, WalletStatus};
+pub use wallet::{SystemRole, WALLET_STORED_BYTES, Wallet, WalletKind, WalletStatus};

@@ -137,6 +137,10 @@ pub(crate) struct Cold {
 
 const _: () = assert!(std::mem::size_of::<Cold>() == 16);
 
+/// Bytes the engine stores per wallet: the hot line, the change time and the cold part.
+pub const WALLET_STORED_BYTES: usize =
+    std::mem::size_of::<Hot>() + std::mem::size_of::<u64>() + std::mem::size_of::<Cold>();
+
 /// All wallets of a shard, by slot, split by access (see the module docs). The three vectors
 /// always have the same length. Indexing (`wallets[slot]`) gives the hot part.
 #[derive(Debug, Clone, Default)]

@@ -23,8 +23,7 @@
 
 use paycore_benches::{CURRENCY_SCALE, currency, peak_rss_bytes, rss_bytes, user_id};
 use paycore_engine::{
-    Applied, Command, DAY_NS, Effects, Engine, EngineConfig, IdempotencyKey, Op, Outcome, Wallet,
-    WalletId,
+    Applied, Command, DAY_NS, Effects, Engine, EngineConfig, IdempotencyKey, Op, Outcome, WalletId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,10 +191,11 @@ fn measure(mode: Mode, wallets: usize, window_keys: u64) {
                 mib(peak_rss_bytes()),
             );
             println!(
-                "    accounting: Wallet struct {} B; (user, currency) index ~{:.1} B/wallet \
-                 ({buckets} hashbrown buckets x 5 B for {items} wallets); the rest is the \
-                 {entries} live idempotency entries, allocator overhead and page granularity",
-                std::mem::size_of::<Wallet>(),
+                "    accounting: wallet storage {} B (64 B hot line + 8 B change time + 16 B \
+                 cold part); (user, currency) index ~{:.1} B/wallet ({buckets} hashbrown \
+                 buckets x 5 B for {items} wallets); the rest is the {entries} live \
+                 idempotency entries, allocator overhead and page granularity",
+                paycore_engine::WALLET_STORED_BYTES,
                 index_bytes as f64 / wallets as f64,
             );
             println!(
