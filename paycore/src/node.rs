@@ -858,7 +858,7 @@ async fn run_query(query: Query, sequencer: &Arc<Sequencer>) -> Option<QueryResu
                 let wallet = engine.wallet(id)?;
                 Some(WalletView::new(
                     id,
-                    wallet,
+                    &wallet,
                     engine.currency(wallet.currency)?,
                 ))
             })
@@ -873,7 +873,7 @@ async fn run_query(query: Query, sequencer: &Arc<Sequencer>) -> Option<QueryResu
                         let wallet = engine.wallet(id)?;
                         Some(WalletView::new(
                             id,
-                            wallet,
+                            &wallet,
                             engine.currency(wallet.currency)?,
                         ))
                     })
