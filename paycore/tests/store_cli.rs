@@ -38,6 +38,7 @@ fn scenario(dir: &Path, target: &StoreTarget, store: &[String]) {
         start_ns: 1_767_225_600_000_000_000,
         step_ns: 1_000_000,
         transfers_only: false,
+        legs_in_flight_max: None,
     });
     let mut records = Vec::new();
     workload.generate(4_000, &mut records);

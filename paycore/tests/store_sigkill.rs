@@ -82,6 +82,7 @@ fn scenario(target: &StoreTarget, store_args: &[String], dir: &Path) {
         start_ns: 1_767_225_600_000_000_000,
         step_ns: 1_000_000,
         transfers_only: false,
+        legs_in_flight_max: None,
     });
     let mut records = Vec::new();
     workload.generate(30_000, &mut records);

@@ -33,6 +33,12 @@ pub struct WorkloadConfig {
     pub step_ns: u64,
     /// Only open, fund and transfer (the benchmark's mix) instead of every operation.
     pub transfers_only: bool,
+    /// Cross-shard legs a shard may have waiting before the next one is delivered. A node sends
+    /// legs right after their group commit and the receiver takes them first, so a leg waits
+    /// a batch or two: `Some(small)` models that (the benchmark journal). `None` delivers one
+    /// now and then only (a quarter of the steps), so many legs wait long and settle in a
+    /// later flush batch than their debit (the tests: that path must be covered).
+    pub legs_in_flight_max: Option<usize>,
 }
 
 /// splitmix64.
@@ -213,6 +219,15 @@ impl Workload {
 
     fn step(&mut self, out: &mut Vec<Record>) {
         let r = self.random();
+        if let Some(max) = self.config.legs_in_flight_max
+            && let Some(shard) =
+                (0..self.config.shards).find(|&s| self.legs[usize::from(s)].len() > max)
+            && let Some(leg) = self.legs[usize::from(shard)].pop_front()
+        {
+            let (record, _) = self.apply(shard, leg);
+            out.push(record);
+            return;
+        }
         // Deliver a leg now and then (in order per destination), so some stay in flight.
         let shard_pick = (r >> 56) as u16 % self.config.shards;
         if r.is_multiple_of(4)

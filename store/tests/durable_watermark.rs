@@ -30,6 +30,7 @@ fn workload() -> Workload {
         start_ns: 1_767_225_600_000_000_000,
         step_ns: 1_000_000,
         transfers_only: false,
+        legs_in_flight_max: None,
     })
 }
 

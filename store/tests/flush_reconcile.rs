@@ -22,6 +22,7 @@ fn workload(start_ns: u64, step_ns: u64) -> Workload {
         start_ns,
         step_ns,
         transfers_only: false,
+        legs_in_flight_max: None,
     })
 }
 

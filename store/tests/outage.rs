@@ -132,6 +132,7 @@ fn postgres_down_during_load_then_catch_up() {
         start_ns: 1_767_225_600_000_000_000,
         step_ns: 1_000_000,
         transfers_only: false,
+        legs_in_flight_max: None,
     });
     let mut records = Vec::new();
     workload.generate(5_000, &mut records);

@@ -64,6 +64,7 @@ fn check(seed: u64, shards: u16, count: usize, batch: usize) -> std::collections
         start_ns: 1_767_225_000_000_000_000,
         step_ns: 7_000_000,
         transfers_only: false,
+        legs_in_flight_max: None,
     };
     let mut workload = Workload::new(config);
     let mut records = Vec::new();
