@@ -17,8 +17,9 @@
 //! - linear probing with backward-shift deletion: no tombstones, so no purge or rehash pause
 //!   from churn; the table only rehashes when it grows, as before;
 //! - the slot's position derives from the tag, so the FIFO knows where the key it evicts next
-//!   lives and prefetches that line a few evictions ahead, and [`IdempotencyTable::prefetch_key`]
-//!   lets the caller prefetch the probe of a command a few places ahead.
+//!   lives: [`IdempotencyTable::prefetch_eviction`] hints that line a few evictions ahead, and
+//!   [`IdempotencyTable::prefetch_key`] the probe of a command a few places ahead (both from
+//!   `Engine::prefetch`, which callers run a few commands ahead of `apply`).
 //!
 //! Entries are 48 bytes: the outcome is packed into a word and a few small fields (the common
 //! outcomes: transfer ids, wallet and hold ids, rejections); an outcome that does not fit (an
@@ -32,9 +33,6 @@ use crate::currency::CurrencyId;
 use crate::ids::{HoldId, TransferId, WalletId};
 use crate::outcome::{Applied, Outcome, Reject};
 use crate::prefetch::hint;
-
-/// How many evictions ahead the index line of a key to be evicted is prefetched.
-const EVICT_PREFETCH_AHEAD: usize = 8;
 
 /// A record as the table gives it out (lookups and the oldest-first walk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +445,14 @@ impl IdempotencyTable {
         self.prefetch_hash(self.hash(key.as_bytes()));
     }
 
+    /// Hints the index line of the entry `ahead` places from the front of the FIFO: the one
+    /// the `ahead`-th eviction from now removes.
+    pub(crate) fn prefetch_eviction(&self, ahead: usize) {
+        if let Some(entry) = self.entries.get(ahead) {
+            self.index.prefetch(entry.tag);
+        }
+    }
+
     /// Hints the index line a lookup of a key with this hash will read.
     pub(crate) fn prefetch_hash(&self, hash: u64) {
         self.index.prefetch(tag(hash));
@@ -536,10 +542,6 @@ impl IdempotencyTable {
         }
         self.keys.pop_front(front.key_len);
         self.first_number += 1;
-        // The FIFO knows which keys go next: fetch the index line of one a few evictions ahead.
-        if let Some(ahead) = self.entries.get(EVICT_PREFETCH_AHEAD) {
-            self.index.prefetch(ahead.tag);
-        }
     }
 
     fn record(&self, number: u64, entry: &Entry) -> Record {

@@ -9,6 +9,12 @@ use crate::command::{Command, Op};
 use crate::engine::Engine;
 use crate::ids::WalletId;
 
+/// Evictions between now and the command [`Engine::prefetch`] is called for: its callers (the
+/// writer, replay, the benches) prefetch the command 4 places ahead, and in steady state each
+/// client command evicts one idempotency record (then command i + 4 evicts the fifth oldest).
+/// Only a hint: another rate wastes a prefetch, nothing else.
+const EVICTIONS_AHEAD: usize = 4;
+
 /// Hints the CPU to load the cache line holding `address`.
 #[inline(always)]
 pub(crate) fn hint(address: *const u8) {
@@ -43,6 +49,11 @@ impl Engine {
         };
         // The idempotency probe of the key: the slot line its lookup and insert will touch.
         self.idempotency.prefetch_key(key);
+        // And the line of the key its eviction will remove. Issued from here rather than from
+        // the eviction itself: measured on a 1 M-wallet, 8 M-key run, the eviction's share of
+        // the time fell from ~18 % to ~7 % of samples when its line was hinted here instead of
+        // eight evictions ahead inside `pop_front`.
+        self.idempotency.prefetch_eviction(EVICTIONS_AHEAD);
         match op {
             Op::Transfer { from, to, .. } | Op::Exchange { from, to, .. } => {
                 self.prefetch_wallet(*from);
