@@ -16,9 +16,10 @@
 //! - `jit` off: the writer's statements are short and the same every batch; compiling them
 //!   cost CPU (LLVM showed in the flush's profile) and bought nothing;
 //! - rows go in with binary COPY ([`crate::copy_binary`]): the server parses no text;
-//! - wallets are `UPDATE`d from the staging table (an index probe and a new row version each);
-//!   only when some were not there (wallets opened in the batch) does an
-//!   `INSERT … ON CONFLICT DO NOTHING` follow. An upsert of every wallet also locks each row
+//! - wallets opened in the batch are appended with COPY; the others are `UPDATE`d from a
+//!   staging table of the seven columns that change (an index probe and a new row version
+//!   each). Should the store not match (a wallet missing, or already there), the batch is
+//!   written again with update + `INSERT … ON CONFLICT DO NOTHING` for every wallet. An upsert of every wallet also locks each row
 //!   first (one more WAL record per wallet) and was ~15% slower.
 
 use std::collections::HashSet;
@@ -29,7 +30,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::copy_binary::CopyBinary;
 use crate::decimal::format_minor;
 use crate::durability::Commit;
-use crate::rows::{BatchRows, IdempotencyRow};
+use crate::rows::{BatchRows, IdempotencyRow, WalletRow};
 use crate::schema::{self, uuid_text};
 use crate::store::{FETCH_ROWS_MAX, Pull, PullsFn, Query, StoreError};
 use crate::time::{Month, timestamp_text};
@@ -243,7 +244,7 @@ impl PgStore {
             None => {
                 tracing::debug!(
                     shard = rows.shard,
-                    "a re-made idempotency key: upserting all"
+                    "a re-made idempotency key, or wallets the store does not match: upserting all"
                 );
                 self.runtime
                     .block_on(write(
@@ -378,8 +379,34 @@ async fn copy_in(
     Ok(())
 }
 
-/// Per-connection staging tables for the upserts (COPY cannot upsert).
+/// Every column of a `wallets` row, in table order.
+fn wallet_row_copy(c: &mut CopyBinary, w: &WalletRow) {
+    c.row(12)
+        .int8(w.id as i64)
+        .int4(i32::from(w.shard))
+        .uuid(w.user)
+        .text(w.currency.as_str())
+        .text(w.kind)
+        .numeric(w.balance(), w.scale)
+        .numeric(w.available, w.scale)
+        .numeric(w.frozen, w.scale)
+        .int8(w.version as i64)
+        .text(w.status)
+        .timestamp(w.created_at_ns)
+        .timestamp(w.updated_at_ns);
+}
+
+/// Per-connection staging tables for the updates and upserts (COPY cannot upsert).
 const STAGING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS wallet_changes_stage (
+    id BIGINT NOT NULL,
+    balance NUMERIC(56, 18) NOT NULL,
+    available_balance NUMERIC(56, 18) NOT NULL,
+    frozen_balance NUMERIC(56, 18) NOT NULL,
+    version BIGINT NOT NULL,
+    status VARCHAR(10) NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS wallets_stage (LIKE wallets) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS idempotency_stage (LIKE transaction_idempotency)
     ON COMMIT DELETE ROWS;
@@ -456,43 +483,78 @@ async fn write(
         .await?;
     }
     phases.lap("checkpoint_partitions_currencies");
-    if !rows.wallets.is_empty() {
+    // Wallets opened in the batch are appended; the others are updated from a staging table of
+    // the columns that change. A wallet the store has not got (or has already got) fails its
+    // statement: the caller writes the batch again with `upsert_all` (update, then insert).
+    let opened = |w: &&WalletRow| w.opened && !upsert_all;
+    if rows.wallets.iter().any(|w| opened(&w)) {
         let mut c = CopyBinary::with_capacity(rows.wallets.len(), 160);
-        for w in &rows.wallets {
-            c.row(12)
+        for w in rows.wallets.iter().filter(opened) {
+            wallet_row_copy(&mut c, w);
+        }
+        match copy_in(&tx, "wallets", c).await {
+            Err(StoreError::Postgres(text)) if text.contains(UNIQUE_VIOLATION) => {
+                return Ok(None);
+            }
+            other => other?,
+        }
+        phases.lap("wallets_append");
+    }
+    let changed = rows.wallets.iter().filter(|w| !opened(w)).count();
+    if changed > 0 && !upsert_all {
+        let mut c = CopyBinary::with_capacity(changed, 96);
+        for w in rows.wallets.iter().filter(|w| !opened(w)) {
+            c.row(7)
                 .int8(w.id as i64)
-                .int4(i32::from(w.shard))
-                .uuid(w.user)
-                .text(w.currency.as_str())
-                .text(w.kind)
                 .numeric(w.balance(), w.scale)
                 .numeric(w.available, w.scale)
                 .numeric(w.frozen, w.scale)
                 .int8(w.version as i64)
                 .text(w.status)
-                .timestamp(w.created_at_ns)
                 .timestamp(w.updated_at_ns);
         }
-        copy_in(&tx, "wallets_stage", c).await?;
+        copy_in(&tx, "wallet_changes_stage", c).await?;
         phases.lap("wallets_copy");
         let updated = tx
             .execute(
                 "UPDATE wallets w SET balance = s.balance,
                     available_balance = s.available_balance, frozen_balance = s.frozen_balance,
                     version = s.version, status = s.status, updated_at = s.updated_at
-                 FROM wallets_stage s WHERE w.id = s.id",
+                 FROM wallet_changes_stage s WHERE w.id = s.id",
                 &[],
             )
             .await?;
         phases.lap("wallets_update");
-        if updated < rows.wallets.len() as u64 {
-            tx.execute(
-                "INSERT INTO wallets SELECT * FROM wallets_stage ON CONFLICT (id) DO NOTHING",
-                &[],
-            )
-            .await?;
-            phases.lap("wallets_insert");
+        if updated != changed as u64 {
+            tracing::warn!(
+                shard = rows.shard,
+                updated,
+                changed,
+                "wallets missing from the store: writing the batch again with upserts"
+            );
+            return Ok(None);
         }
+    }
+    if changed > 0 && upsert_all {
+        let mut c = CopyBinary::with_capacity(changed, 160);
+        for w in &rows.wallets {
+            wallet_row_copy(&mut c, w);
+        }
+        copy_in(&tx, "wallets_stage", c).await?;
+        tx.execute(
+            "UPDATE wallets w SET balance = s.balance,
+                available_balance = s.available_balance, frozen_balance = s.frozen_balance,
+                version = s.version, status = s.status, updated_at = s.updated_at
+             FROM wallets_stage s WHERE w.id = s.id",
+            &[],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO wallets SELECT * FROM wallets_stage ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await?;
+        phases.lap("wallets_upsert");
     }
     if !rows.transactions.is_empty() {
         let mut c = CopyBinary::with_capacity(rows.transactions.len(), 160);

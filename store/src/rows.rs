@@ -34,6 +34,9 @@ pub struct WalletRow {
     pub status: &'static str,
     pub created_at_ns: u64,
     pub updated_at_ns: u64,
+    /// Opened in this batch, so no earlier batch wrote it: the writer may append it instead
+    /// of updating it (set by [`BatchRows::finish`]; `false` from [`wallet_row`]).
+    pub opened: bool,
 }
 
 impl WalletRow {
@@ -164,7 +167,8 @@ pub struct BatchRows {
     pub holds: Vec<HoldRow>,
     pub hold_closes: Vec<HoldClose>,
     touched: Vec<WalletId>,
-    touched_index: HashMap<u64, ()>,
+    /// Wallets in `touched`, and whether each was opened in this batch.
+    touched_index: HashMap<u64, bool>,
     transaction_index: HashMap<u128, usize>,
     idempotency_index: HashMap<Vec<u8>, usize>,
     hold_index: HashMap<u64, usize>,
@@ -260,6 +264,7 @@ pub fn wallet_row(engine: &Engine, id: WalletId) -> Option<WalletRow> {
         status: wallet_status_text(wallet.status),
         created_at_ns: wallet.created_at_ns,
         updated_at_ns: wallet.updated_at_ns,
+        opened: false,
     })
 }
 
@@ -315,9 +320,16 @@ impl BatchRows {
     }
 
     fn touch(&mut self, wallet: WalletId) {
-        if self.touched_index.insert(wallet.0, ()).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.touched_index.entry(wallet.0)
+        {
+            slot.insert(false);
             self.touched.push(wallet);
         }
+    }
+
+    fn opened(&mut self, wallet: WalletId) {
+        self.touch(wallet);
+        self.touched_index.insert(wallet.0, true);
     }
 
     /// The wallet a posting names on this shard: a remote wallet stands for the currency's
@@ -377,13 +389,14 @@ impl BatchRows {
                         SystemRole::Fees,
                         SystemRole::InTransit,
                     ] {
+                        // Made with the currency: opened here.
                         if let Some(wallet) = engine.system_wallet(currency, role) {
-                            self.touch(wallet);
+                            self.opened(wallet);
                         }
                     }
                 }
-                Event::WalletOpened { wallet, .. }
-                | Event::WalletStatusChanged { wallet, .. }
+                Event::WalletOpened { wallet, .. } => self.opened(wallet),
+                Event::WalletStatusChanged { wallet, .. }
                 | Event::BalanceChanged { wallet, .. } => self.touch(wallet),
                 Event::TierChanged { .. } => {}
                 Event::Transfer {
@@ -583,7 +596,8 @@ impl BatchRows {
         self.wallets.clear();
         self.touched.sort_unstable_by_key(|w| w.0);
         for &wallet in &self.touched {
-            if let Some(row) = wallet_row(engine, wallet) {
+            if let Some(mut row) = wallet_row(engine, wallet) {
+                row.opened = self.touched_index.get(&wallet.0) == Some(&true);
                 self.wallets.push(row);
             }
         }

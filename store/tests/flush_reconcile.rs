@@ -308,6 +308,49 @@ fn postgres_flush_resume_reconcile_tamper_and_month_partitions() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The writer appends opened wallets and updates the others; a store that does not match (a
+/// wallet row lost, or one there already) makes it write the batch again with upserts, not fail
+/// or skip the wallet.
+#[test]
+fn postgres_wallet_rows_the_store_does_not_match_are_written_again() {
+    let Some(pg) = PgSchema::create("wallet_rows") else {
+        return;
+    };
+    let dir = tempdir("wallet-rows");
+    let data_dir = dir.join("data");
+    let mut workload = workload(1_767_225_600_000_000_000, 1_000_000);
+    let mut records = Vec::new();
+    workload.generate(2_000, &mut records);
+    write_journals(&data_dir, SHARDS, &records, 100).expect("journal");
+    flush_all(&data_dir, &pg.target, 500);
+    let mut store = Store::connect(&pg.target).expect("connect");
+    let count = |store: &mut Store, sql: &str| -> u64 {
+        store
+            .query_text(sql)
+            .expect("count")
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+    let wallets = count(&mut store, "SELECT count(*)::text FROM wallets");
+    // Every user wallet moves money in the next commands (40 users, 2 000 commands).
+    let lost = workload.wallets[5].0.0;
+    store
+        .execute_batch(&format!("DELETE FROM wallets WHERE id = {lost}"))
+        .expect("delete");
+    let mut more = Vec::new();
+    workload.generate(2_000, &mut more);
+    workload.drain_legs(&mut more);
+    write_journals(&data_dir, SHARDS, &more, 64).expect("journal");
+    flush_all(&data_dir, &pg.target, 500);
+    assert_eq!(
+        count(&mut store, "SELECT count(*)::text FROM wallets"),
+        wallets
+    );
+    let report = check(&data_dir, &pg.target);
+    assert!(report.ok(), "{}", report.summary());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     paycore_store::testing::temp_dir(&format!("paycore-store-{name}"))
 }

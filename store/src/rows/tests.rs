@@ -85,6 +85,14 @@ fn check(seed: u64, shards: u16, count: usize, batch: usize) -> std::collections
     let mut movements: HashMap<(u128, u16), u128> = HashMap::new();
     for rows in &batches {
         for wallet in &rows.wallets {
+            // The writer appends opened wallets and updates the others: a wallet is `opened`
+            // exactly in the first batch that has it.
+            assert_eq!(
+                wallet.opened,
+                !stored.contains_key(&wallet.id),
+                "wallet {} opened flag",
+                wallet.id
+            );
             stored.insert(wallet.id, wallet.clone());
         }
         for entry in &rows.entries {
