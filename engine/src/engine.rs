@@ -1002,10 +1002,17 @@ impl Engine {
             .any(|c| c.limits_24h.iter().any(Option::is_some));
     }
 
+    /// The sender's velocity limit (none set anywhere: nothing to check, inline).
+    #[inline(always)]
     fn check_velocity(&mut self, slot: u32, amount: u128) -> Result<(), Reject> {
         if !self.limits_set {
             return Ok(());
         }
+        self.check_velocity_limit(slot, amount)
+    }
+
+    #[inline(never)]
+    fn check_velocity_limit(&mut self, slot: u32, amount: u128) -> Result<(), Reject> {
         let wallet = &self.wallets[slot as usize];
         let Some(limit) = self.currencies[usize::from(wallet.currency.0)].limit_24h(wallet.tier)
         else {
@@ -1165,6 +1172,7 @@ impl Engine {
     }
 
     /// Changes a wallet's balances by the given deltas, bumps its version, emits the event.
+    #[inline(always)]
     fn change_balance(&mut self, slot: u32, available: i128, frozen: i128, effects: &mut Effects) {
         self.record_wallet(slot);
         let now = self.last_timestamp_ns;
@@ -1219,10 +1227,16 @@ impl Engine {
         });
     }
 
+    /// Counts a payment against the sender's velocity window (none set anywhere: inline no-op).
+    #[inline(always)]
     fn add_velocity(&mut self, slot: u32, amount: u128) {
-        if !self.limits_set {
-            return;
+        if self.limits_set {
+            self.add_velocity_limited(slot, amount);
         }
+    }
+
+    #[inline(never)]
+    fn add_velocity_limited(&mut self, slot: u32, amount: u128) {
         let wallet = &self.wallets[slot as usize];
         let (currency, tier) = (wallet.currency, wallet.tier);
         if self.currencies[usize::from(currency.0)]

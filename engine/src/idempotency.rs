@@ -496,6 +496,7 @@ impl IdempotencyTable {
     }
 
     /// Forgets every entry whose window has passed at `now_ns`.
+    #[inline]
     pub(crate) fn evict(&mut self, now_ns: u64) {
         while let Some(front) = self.entries.front() {
             if front.timestamp_ns.saturating_add(self.window_ns) > now_ns {
@@ -525,6 +526,7 @@ impl IdempotencyTable {
             .map_or(0, |e| now_ns.saturating_sub(e.timestamp_ns))
     }
 
+    #[inline]
     fn pop_front(&mut self) {
         let Some(front) = self.entries.pop_front() else {
             return;
@@ -564,10 +566,12 @@ impl IdempotencyTable {
     }
 
     /// `find` with the key's hash already computed (the hot path hashes each key once).
+    #[inline]
     pub(crate) fn find_hashed(&self, key: &IdempotencyKey, hash: u64) -> Option<Record> {
         self.find_bytes_hashed(key.as_bytes(), hash)
     }
 
+    #[inline]
     fn find_bytes_hashed(&self, bytes: &[u8], hash: u64) -> Option<Record> {
         let first = self.first_number as u32;
         let number = self.index.find(tag(hash), |n| {
@@ -594,6 +598,7 @@ impl IdempotencyTable {
     }
 
     /// `insert` with the key's hash already computed.
+    #[inline]
     pub(crate) fn insert_hashed(
         &mut self,
         key: &IdempotencyKey,
@@ -605,6 +610,7 @@ impl IdempotencyTable {
         self.insert_bytes_hashed(key.as_bytes(), key_hash, params, timestamp_ns, outcome);
     }
 
+    #[inline]
     fn insert_bytes_hashed(
         &mut self,
         bytes: &[u8],
