@@ -8,7 +8,7 @@
 # The journal (`paycore flush-bench-journal`) is written once per USERS/TRANSFERS/LEGS and kept
 # under ROOT; each flush writes into a fresh schema, dropped afterwards. Release binary
 # PAYCORE (default target/release/paycore, built if missing). Bounded: one journal, one flush
-# per store and run.
+# per store and run. RECONCILE=1 also runs `paycore reconcile` on the flushed store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-500000}
@@ -20,6 +20,8 @@ PAYCORE=${PAYCORE:-target/release/paycore}
 PG_STOCK=${PG_STOCK:-postgres://postgres@127.0.0.1:5432/test}
 PG_TUNED_PORT=${PG_TUNED_PORT:-5433}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+# Extra `paycore flush` flags (e.g. --flush-batch-records-max 131072).
+FLUSH_ARGS=${FLUSH_ARGS:-}
 what=${1:-both}
 
 [ -x "$PAYCORE" ] || cargo build --release -p paycore >/dev/null 2>&1
@@ -45,7 +47,7 @@ start_tuned() {
   as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$ROOT/pg-tuned.log" -w start -o "\
     -p $PG_TUNED_PORT -k /tmp -c listen_addresses=127.0.0.1 \
     -c shared_buffers=4GB -c max_wal_size=16GB -c checkpoint_timeout=30min \
-    -c wal_compression=lz4 -c wal_buffers=64MB -c work_mem=64MB" >/dev/null
+    -c wal_buffers=64MB" >/dev/null
   trap 'as_postgres "$PG_BIN/pg_ctl" -D "$ROOT/pg-tuned" -m fast -w stop >/dev/null' EXIT
 }
 
@@ -54,10 +56,19 @@ flush() { # label url
   echo "== $1: $JOURNAL ($(du -sh "$JOURNAL" | cut -f1)) -> $2 schema $schema"
   /usr/bin/time -f "flusher: %e s wall, %U s user, %S s sys, %M KiB peak RSS" \
     "$PAYCORE" flush --data-dir "$JOURNAL" --shards "$SHARDS" --once --postgres-url "$2" \
-    --postgres-schema "$schema"
+    --postgres-schema "$schema" ${FLUSH_ARGS:-}
   # Client transfers (and deposits) whose movement the origin shard recorded as applied: the
   # "transfers/s" of BENCHMARKS.md is this count over the flush time.
   psql "$2" -qAt -F ' ' -c "SELECT kind, status, CASE WHEN idempotency_key IS NULL THEN 'leg' ELSE 'client' END, count(*) FROM $schema.transactions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+  # How the wallet updates went: heap-only (HOT, no index entry) or not; table and index sizes.
+  psql "$2" -qAt -F ' ' -c "SELECT 'wallets: updates', n_tup_upd, 'hot', n_tup_hot_upd,
+      'size', pg_size_pretty(pg_total_relation_size(relid)) FROM pg_stat_user_tables
+      WHERE schemaname = '$schema' AND relname = 'wallets'"
+  if [ -n "${RECONCILE:-}" ]; then
+    /usr/bin/time -f "reconcile: %e s wall, %M KiB peak RSS" "$PAYCORE" reconcile \
+      --data-dir "$JOURNAL" --shards "$SHARDS" --quiet --postgres-url "$2" \
+      --postgres-schema "$schema" --report "$ROOT/reconcile-$schema.json" | tail -3
+  fi
   PGOPTIONS=--client-min-messages=warning psql "$2" -qAtc "DROP SCHEMA $schema CASCADE" >/dev/null
 }
 

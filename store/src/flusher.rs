@@ -27,8 +27,9 @@ use crate::store::{Store, StoreError, StoreTarget};
 
 /// Default most journal records per SQL transaction. Larger batches write each touched wallet
 /// once for more movements and pay fewer round trips and commits (BENCHMARKS.md "Store"); the
-/// rows of one batch are held in memory (about 1 KB per record).
-pub const BATCH_RECORDS_DEFAULT: usize = 32_768;
+/// rows of one batch are held in memory (measured: ~0.7 KB per record at 1 M wallets; 131 072
+/// records were 14 % faster than 32 768 and as fast as 262 144, which took 0.3 GB more).
+pub const BATCH_RECORDS_DEFAULT: usize = 131_072;
 /// Upper limit of `batch_records_max` (rows of one batch are held in memory).
 pub const BATCH_RECORDS_LIMIT: usize = 1 << 20;
 /// First retry delay after a failed write or connect; doubles up to `retry_backoff_ms_max`.
