@@ -41,6 +41,16 @@ impl Engine {
         }
     }
 
+    /// Also the cold line: holds and captures change the wallet's open obligations.
+    fn prefetch_wallet_with_cold(&self, wallet: WalletId) {
+        self.prefetch_wallet(wallet);
+        if wallet.shard() == self.config.shard
+            && let Some(cold) = self.wallets.cold_line(wallet.slot() as usize)
+        {
+            hint(cold);
+        }
+    }
+
     /// Hints the cache lines `command` will touch. Call it for a command a few places ahead of
     /// the one being applied; it has no effect on state.
     pub fn prefetch(&self, command: &Command) {
@@ -60,12 +70,22 @@ impl Engine {
                 self.prefetch_wallet(*to);
             }
             Op::Deposit { wallet, .. }
-            | Op::Hold { wallet, .. }
-            | Op::Withdraw { wallet, .. }
             | Op::CloseWallet { wallet }
             | Op::FreezeWallet { wallet }
             | Op::UnfreezeWallet { wallet } => self.prefetch_wallet(*wallet),
-            Op::Capture { to: Some(to), .. } => self.prefetch_wallet(*to),
+            Op::Hold { wallet, .. } | Op::Withdraw { wallet, .. } => {
+                self.prefetch_wallet_with_cold(*wallet)
+            }
+            Op::Capture { hold, to, .. } => {
+                // The hold's own entry is read here (one lookup, usually cached: open holds
+                // are few beside the wallets) to reach the wallet it holds money in.
+                if let Some(held) = self.holds.get(*hold) {
+                    self.prefetch_wallet_with_cold(held.wallet);
+                }
+                if let Some(to) = to {
+                    self.prefetch_wallet(*to);
+                }
+            }
             _ => {}
         }
     }

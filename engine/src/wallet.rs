@@ -281,6 +281,11 @@ impl Wallets {
         self.updated_at_ns[slot as usize] = now_ns;
     }
 
+    /// Address of the cold part of the wallet at `slot`, if there is one (for prefetch hints).
+    pub(crate) fn cold_line(&self, slot: usize) -> Option<*const u8> {
+        self.cold.get(slot).map(|cold| (cold as *const Cold).cast())
+    }
+
     /// Addresses of the lines a payment touches in the wallet at `slot`, if there is one (for
     /// prefetch hints).
     pub(crate) fn lines(&self, slot: usize) -> Option<(*const u8, *const u8)> {
