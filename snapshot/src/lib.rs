@@ -19,6 +19,6 @@ mod replica;
 mod shard;
 
 pub use file::{SnapshotError, list_snapshots, prune_snapshots, read_snapshot, write_snapshot};
-pub use replay::{ReplayBatch, replay_some};
+pub use replay::{ReplayBatch, replay_some, replay_to_end};
 pub use replica::{Replica, SnapshotPolicy, Snapshotter};
 pub use shard::{DurableShard, RecoveryReport, ShardError, ShardPaths, open_shard};

@@ -18,7 +18,7 @@ use paycore_journal::{
 };
 
 use crate::file::{SnapshotError, list_snapshots, read_snapshot};
-use crate::replay::{ReplayBatch, replay_some};
+use crate::replay::replay_to_end;
 
 /// Records applied per reader call during replay.
 const REPLAY_BATCH_RECORDS: usize = 64 * 1024;
@@ -188,17 +188,9 @@ pub fn open_shard(
         });
     }
 
-    let mut reader = JournalReader::new(storage.clone(), needed, None);
+    let reader = JournalReader::new(storage.clone(), needed, None);
     let replay_started = Instant::now();
-    let mut batch = ReplayBatch::default();
-    let mut replayed = 0u64;
-    loop {
-        let read = replay_some(&mut reader, &mut engine, &mut batch, REPLAY_BATCH_RECORDS)?;
-        replayed += read as u64;
-        if read == 0 {
-            break;
-        }
-    }
+    let replayed = replay_to_end(reader, &mut engine, REPLAY_BATCH_RECORDS)?;
     assert_eq!(
         engine.last_sequence(),
         journal.last_sequence.max(needed - 1),

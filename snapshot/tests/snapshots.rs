@@ -259,3 +259,49 @@ fn thread_nice_of_self() -> i64 {
         .and_then(|v| v.parse().ok())
         .expect("nice")
 }
+
+/// Recovery's replay decodes on a second thread: the same state as applying every record on one
+/// thread, whatever the batch size; a record that does not decode stops it, named by its
+/// sequence, with everything before it applied and nothing after.
+#[test]
+fn replay_on_a_second_thread_equals_full_replay_and_names_an_undecodable_record() {
+    use paycore_journal::JournalReader;
+    use paycore_snapshot::{ShardPaths, replay_to_end};
+    let dir = data_dir("replay-thread");
+    let last = 3_000;
+    let mut shard = open(&dir);
+    drive(&mut shard, 1, last);
+    drop(shard);
+    let expected = full(last).state_hash();
+    let journal = ShardPaths::new(&dir, 0).journal;
+    for records_max in [1, 100, 4_096, 65_536] {
+        let storage = MmapStorage::open_dir(&journal).expect("storage");
+        let mut engine = Engine::new(EngineConfig::default());
+        let replayed = replay_to_end(
+            JournalReader::new(storage, 1, None),
+            &mut engine,
+            records_max,
+        )
+        .expect("replay");
+        assert_eq!(replayed, last, "batch {records_max}");
+        assert_eq!(engine.state_hash(), expected, "batch {records_max}");
+    }
+
+    // A record whose checksum is right but whose payload is no command.
+    let mut shard = open(&dir);
+    shard
+        .journal
+        .append(last + 1, (last + 1) * 1_000, &[0xFF, 0xFF, 0xFF])
+        .expect("append");
+    shard.journal.commit().expect("commit");
+    drop(shard);
+    let storage = MmapStorage::open_dir(&journal).expect("storage");
+    let mut engine = Engine::new(EngineConfig::default());
+    match replay_to_end(JournalReader::new(storage, 1, None), &mut engine, 100) {
+        Err(ShardError::Replay { sequence, .. }) => assert_eq!(sequence, last + 1),
+        other => panic!("expected a replay error at {}: {other:?}", last + 1),
+    }
+    assert_eq!(engine.last_sequence(), last);
+    assert_eq!(engine.state_hash(), expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
