@@ -379,6 +379,16 @@ async fn copy_in(
     Ok(())
 }
 
+/// Sets the columns of `wallets` that change from the staging table `stage`, joined by id.
+fn wallets_update_sql(stage: &str) -> String {
+    format!(
+        "UPDATE wallets w SET balance = s.balance,
+            available_balance = s.available_balance, frozen_balance = s.frozen_balance,
+            version = s.version, status = s.status, updated_at = s.updated_at
+         FROM {stage} s WHERE w.id = s.id"
+    )
+}
+
 /// Every column of a `wallets` row, in table order.
 fn wallet_row_copy(c: &mut CopyBinary, w: &WalletRow) {
     c.row(12)
@@ -516,13 +526,7 @@ async fn write(
         copy_in(&tx, "wallet_changes_stage", c).await?;
         phases.lap("wallets_copy");
         let updated = tx
-            .execute(
-                "UPDATE wallets w SET balance = s.balance,
-                    available_balance = s.available_balance, frozen_balance = s.frozen_balance,
-                    version = s.version, status = s.status, updated_at = s.updated_at
-                 FROM wallet_changes_stage s WHERE w.id = s.id",
-                &[],
-            )
+            .execute(&wallets_update_sql("wallet_changes_stage"), &[])
             .await?;
         phases.lap("wallets_update");
         if updated != changed as u64 {
@@ -541,14 +545,8 @@ async fn write(
             wallet_row_copy(&mut c, w);
         }
         copy_in(&tx, "wallets_stage", c).await?;
-        tx.execute(
-            "UPDATE wallets w SET balance = s.balance,
-                available_balance = s.available_balance, frozen_balance = s.frozen_balance,
-                version = s.version, status = s.status, updated_at = s.updated_at
-             FROM wallets_stage s WHERE w.id = s.id",
-            &[],
-        )
-        .await?;
+        tx.execute(&wallets_update_sql("wallets_stage"), &[])
+            .await?;
         tx.execute(
             "INSERT INTO wallets SELECT * FROM wallets_stage ON CONFLICT (id) DO NOTHING",
             &[],
