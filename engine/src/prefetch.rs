@@ -7,7 +7,7 @@
 
 use crate::command::{Command, Op};
 use crate::engine::Engine;
-use crate::ids::WalletId;
+use crate::ids::{HoldId, WalletId};
 
 /// Evictions between now and the command [`Engine::prefetch`] is called for: its callers (the
 /// writer, replay, the benches) prefetch the command 4 places ahead, and in steady state each
@@ -51,6 +51,20 @@ impl Engine {
         }
     }
 
+    /// A capture's held wallet and destination. The hold's own entry is read here (one lookup,
+    /// usually cached: open holds are few beside the wallets) to reach the wallet it holds money
+    /// in. Out of line: it keeps the transfer's and deposit's path through `prefetch` as small as
+    /// it was (inlined, this lookup made both measurably slower with the same instructions).
+    #[inline(never)]
+    fn prefetch_capture(&self, hold: HoldId, to: Option<WalletId>) {
+        if let Some(held) = self.holds.get(hold) {
+            self.prefetch_wallet_with_cold(held.wallet);
+        }
+        if let Some(to) = to {
+            self.prefetch_wallet(to);
+        }
+    }
+
     /// Hints the cache lines `command` will touch. Call it for a command a few places ahead of
     /// the one being applied; it has no effect on state.
     pub fn prefetch(&self, command: &Command) {
@@ -76,16 +90,7 @@ impl Engine {
             Op::Hold { wallet, .. } | Op::Withdraw { wallet, .. } => {
                 self.prefetch_wallet_with_cold(*wallet)
             }
-            Op::Capture { hold, to, .. } => {
-                // The hold's own entry is read here (one lookup, usually cached: open holds
-                // are few beside the wallets) to reach the wallet it holds money in.
-                if let Some(held) = self.holds.get(*hold) {
-                    self.prefetch_wallet_with_cold(held.wallet);
-                }
-                if let Some(to) = to {
-                    self.prefetch_wallet(*to);
-                }
-            }
+            Op::Capture { hold, to, .. } => self.prefetch_capture(*hold, *to),
             _ => {}
         }
     }
