@@ -214,6 +214,9 @@ pub fn open_shard(
         replayed,
         last_sequence = engine.last_sequence(),
         elapsed_ms = report.elapsed_ms,
+        snapshot_load_ms = report.snapshot_load_ms,
+        replay_ms = report.replay_ms,
+        replay_records_per_s = replayed.saturating_mul(1_000) / report.replay_ms.max(1),
         "shard recovered"
     );
     Ok(DurableShard {
