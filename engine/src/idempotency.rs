@@ -207,11 +207,22 @@ fn tag(hash: u64) -> u32 {
 /// of the run back into the hole (backward-shift deletion), so there are never tombstones and a
 /// probe ends at the first empty slot. Matching tags are confirmed by the caller (key bytes).
 /// The load stays at most 3/4: the slot count doubles before an insert would pass it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Index {
     slots: Vec<u64>,
     bits: u32,
     len: usize,
+}
+
+impl Clone for Index {
+    /// On huge pages like the original (`huge_pages::clone_advised`).
+    fn clone(&self) -> Self {
+        Index {
+            slots: crate::huge_pages::clone_advised(&self.slots),
+            bits: self.bits,
+            len: self.len,
+        }
+    }
 }
 
 impl Index {

@@ -143,11 +143,22 @@ pub const WALLET_STORED_BYTES: usize =
 
 /// All wallets of a shard, by slot, split by access (see the module docs). The three vectors
 /// always have the same length. Indexing (`wallets[slot]`) gives the hot part.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Wallets {
     hot: Vec<Hot>,
     updated_at_ns: Vec<u64>,
     cold: Vec<Cold>,
+}
+
+impl Clone for Wallets {
+    /// On huge pages like the original (`huge_pages::clone_advised`), with the same room.
+    fn clone(&self) -> Self {
+        Wallets {
+            hot: crate::huge_pages::clone_advised(&self.hot),
+            updated_at_ns: crate::huge_pages::clone_advised(&self.updated_at_ns),
+            cold: crate::huge_pages::clone_advised(&self.cold),
+        }
+    }
 }
 
 impl Wallets {
