@@ -150,6 +150,26 @@ pub(crate) struct Wallets {
     cold: Vec<Cold>,
 }
 
+/// A whole wallet as its hot part, change time and cold part.
+fn split(wallet: &Wallet) -> (Hot, u64, Cold) {
+    let hot = Hot {
+        available: wallet.available,
+        frozen: wallet.frozen,
+        user: wallet.user,
+        version: wallet.version,
+        currency: wallet.currency,
+        status: wallet.status,
+        kind: wallet.kind,
+        tier: wallet.tier,
+    };
+    let cold = Cold {
+        created_at_ns: wallet.created_at_ns,
+        open_obligations: wallet.open_obligations,
+        velocity: wallet.velocity,
+    };
+    (hot, wallet.updated_at_ns, cold)
+}
+
 impl Clone for Wallets {
     /// On huge pages like the original (`huge_pages::clone_advised`), with the same room.
     fn clone(&self) -> Self {
@@ -202,22 +222,10 @@ impl Wallets {
         if self.cold.len() == self.cold.capacity() {
             crate::huge_pages::grow(&mut self.cold, max);
         }
-        self.hot.push(Hot {
-            available: wallet.available,
-            frozen: wallet.frozen,
-            user: wallet.user,
-            version: wallet.version,
-            currency: wallet.currency,
-            status: wallet.status,
-            kind: wallet.kind,
-            tier: wallet.tier,
-        });
-        self.updated_at_ns.push(wallet.updated_at_ns);
-        self.cold.push(Cold {
-            created_at_ns: wallet.created_at_ns,
-            open_obligations: wallet.open_obligations,
-            velocity: wallet.velocity,
-        });
+        let (hot, updated_at_ns, cold) = split(&wallet);
+        self.hot.push(hot);
+        self.updated_at_ns.push(updated_at_ns);
+        self.cold.push(cold);
     }
 
     pub(crate) fn pop(&mut self) {
@@ -248,22 +256,7 @@ impl Wallets {
 
     /// Puts a whole wallet back at `slot` (the undo of a linked group).
     pub(crate) fn set(&mut self, slot: usize, wallet: Wallet) {
-        self.hot[slot] = Hot {
-            available: wallet.available,
-            frozen: wallet.frozen,
-            user: wallet.user,
-            version: wallet.version,
-            currency: wallet.currency,
-            status: wallet.status,
-            kind: wallet.kind,
-            tier: wallet.tier,
-        };
-        self.updated_at_ns[slot] = wallet.updated_at_ns;
-        self.cold[slot] = Cold {
-            created_at_ns: wallet.created_at_ns,
-            open_obligations: wallet.open_obligations,
-            velocity: wallet.velocity,
-        };
+        (self.hot[slot], self.updated_at_ns[slot], self.cold[slot]) = split(&wallet);
     }
 
     /// Whole wallets in slot order.
