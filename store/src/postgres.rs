@@ -811,6 +811,21 @@ mod tests {
     use super::*;
     use crate::testing::PgSchema;
 
+    /// `rows` COPYed into `table` in a transaction of their own, committed.
+    fn copy_committed(
+        store: &mut PgStore,
+        table: &str,
+        rows: CopyBinary,
+    ) -> Result<(), StoreError> {
+        let client = &mut store.client;
+        store.runtime.block_on(async {
+            let tx = client.transaction().await?;
+            copy_in(&tx, table, rows).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     /// Every kind of value the flusher COPYs in binary, read back as PostgreSQL's text, equals
     /// what the text path writes (amounts at the column's 18 decimals).
     #[test]
@@ -879,16 +894,7 @@ mod tests {
             .null()
             .null();
         want.push("99|~|~|~|~|~|~|~|~".into());
-        let client = &mut store.client;
-        store
-            .runtime
-            .block_on(async {
-                let tx = client.transaction().await?;
-                copy_in(&tx, "copy_types", c).await?;
-                tx.commit().await?;
-                Ok::<_, StoreError>(())
-            })
-            .expect("copy");
+        copy_committed(&mut store, "copy_types", c).expect("copy");
         let got = store
             .query_text(
                 "SELECT string_agg(concat_ws('|', k, coalesce(n::text, '~'), coalesce(i::text, '~'),
@@ -915,11 +921,7 @@ mod tests {
             .expect("table");
         let mut c = CopyBinary::with_capacity(1, 16);
         c.row(1).int8(7);
-        let client = &mut store.client;
-        let result = store.runtime.block_on(async {
-            let tx = client.transaction().await?;
-            copy_in(&tx, "copy_int", c).await
-        });
+        let result = copy_committed(&mut store, "copy_int", c);
         assert!(result.is_err(), "{result:?}");
     }
 }

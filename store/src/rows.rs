@@ -320,16 +320,21 @@ impl BatchRows {
     }
 
     fn touch(&mut self, wallet: WalletId) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.touched_index.entry(wallet.0)
-        {
-            slot.insert(false);
-            self.touched.push(wallet);
-        }
+        self.mark(wallet, false);
     }
 
     fn opened(&mut self, wallet: WalletId) {
-        self.touch(wallet);
-        self.touched_index.insert(wallet.0, true);
+        self.mark(wallet, true);
+    }
+
+    /// Adds `wallet` to the touched ones (once), remembering whether the batch opened it.
+    fn mark(&mut self, wallet: WalletId, opened: bool) {
+        let touched = &mut self.touched;
+        let was_opened = self.touched_index.entry(wallet.0).or_insert_with(|| {
+            touched.push(wallet);
+            false
+        });
+        *was_opened |= opened;
     }
 
     /// The wallet a posting names on this shard: a remote wallet stands for the currency's
