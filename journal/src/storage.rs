@@ -40,6 +40,10 @@ pub trait SegmentFile: Send {
     /// Runs `f` over the whole file's current contents.
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
     fn write(&mut self, offset: usize, data: &[u8]);
+    /// Hands every byte written so far to the operating system (its page cache), without
+    /// waiting for the medium: what `Durability::None` promises. A process crash after it loses
+    /// nothing; a power cut may.
+    fn write_out(&mut self) -> io::Result<()>;
     /// Makes `offset..offset + len` durable. An error means the bytes may or may not be durable.
     fn sync(&mut self, offset: usize, len: usize) -> io::Result<()>;
 }
@@ -71,6 +75,41 @@ struct Spare {
     thread: std::thread::JoinHandle<io::Result<()>>,
 }
 
+/// Where the spare's thread is kept, shared by every clone of one [`MmapStorage`].
+///
+/// Dropping the last clone joins the thread: a journal that is closed has no thread left
+/// creating or filling a file in its folder (a test removing the folder, or a node that
+/// stops, would otherwise race it).
+#[derive(Debug, Default)]
+struct SpareSlot(Mutex<Option<Spare>>);
+
+impl SpareSlot {
+    fn take(&self) -> Option<Spare> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, spare: Spare) {
+        let previous = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(spare);
+        if let Some(previous) = previous {
+            // A clone created a segment meanwhile: its spare is the newer one.
+            let _ = previous.thread.join();
+        }
+    }
+}
+
+impl Drop for SpareSlot {
+    fn drop(&mut self) {
+        if let Some(spare) = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            // The spare stays on disk, complete; `create` replaces it when sizes differ.
+            let _ = spare.thread.join();
+        }
+    }
+}
+
 /// Segment files on disk, memory-mapped.
 ///
 /// Creating a segment means writing `segment_bytes` of zeros (a 64 MiB segment takes about a
@@ -80,7 +119,7 @@ struct Spare {
 pub struct MmapStorage {
     dir: PathBuf,
     sync: SyncMethod,
-    spare: Arc<Mutex<Option<Spare>>>,
+    spare: Arc<SpareSlot>,
 }
 
 impl MmapStorage {
@@ -94,7 +133,7 @@ impl MmapStorage {
         Ok(MmapStorage {
             dir: dir.to_path_buf(),
             sync,
-            spare: Arc::new(Mutex::new(None)),
+            spare: Arc::new(SpareSlot::default()),
         })
     }
 
@@ -189,7 +228,7 @@ impl Storage for MmapStorage {
 
     fn create(&mut self, name: &str, len: u64) -> io::Result<MmapFile> {
         let path = self.dir.join(name);
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let spare = self.spare.take();
         let spare_ready = match spare {
             Some(spare) if spare.len == len => matches!(spare.thread.join(), Ok(Ok(()))),
             _ => false,
@@ -209,7 +248,7 @@ impl Storage for MmapStorage {
         let thread = std::thread::Builder::new()
             .name("journal-spare".into())
             .spawn(move || prepare_segment(&spare_path, len))?;
-        *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(Spare { len, thread });
+        self.spare.put(Spare { len, thread });
         Ok(mapped)
     }
 
@@ -321,6 +360,15 @@ impl SegmentFile for MmapFile {
         }
     }
 
+    fn write_out(&mut self) -> io::Result<()> {
+        // Through the mapping, bytes are in the page cache as soon as they are copied.
+        self.flush_pending();
+        match self.write_error.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     fn sync(&mut self, offset: usize, len: usize) -> io::Result<()> {
         self.flush_pending();
         if let Some(error) = self.write_error.take() {
@@ -368,6 +416,31 @@ mod tests {
             );
         }
         drop(storage);
+        // Dropping the storage joined the spare's thread: the next segment is complete and
+        // nothing writes into the folder any more (the removal below raced it before).
+        let spare = fs::metadata(dir.join(SPARE_NAME)).expect("spare prepared before the drop");
+        assert_eq!(spare.len(), len);
+        assert!(spare.blocks() * 512 >= len);
+        fs::remove_dir_all(&dir).expect("folder removed");
+    }
+
+    /// A storage cloned for a reader and dropped while the writer's clone lives keeps the
+    /// spare's thread; the last clone joins it.
+    #[test]
+    fn the_last_clone_joins_the_spare_thread() {
+        let dir = temp_folder("clones");
+        let mut storage = MmapStorage::open_dir(&dir).expect("storage folder");
+        let reader = storage.clone();
+        let len = 4 << 20;
+        storage
+            .create("00000000000000000001.wal", len)
+            .expect("segment created");
+        drop(reader);
+        drop(storage);
+        assert_eq!(
+            fs::metadata(dir.join(SPARE_NAME)).expect("spare").len(),
+            len
+        );
         fs::remove_dir_all(&dir).expect("folder removed");
     }
 }

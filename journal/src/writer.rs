@@ -23,8 +23,9 @@ pub enum Durability {
     /// After the record is synced to the medium (msync of the dirty range). The default.
     #[default]
     Fsync,
-    /// After the record is in the page cache; a power cut loses recent records. For benchmarks
-    /// only, and labelled as such wherever a figure is reported.
+    /// After the record is written to the page cache (never fsynced): a process crash loses
+    /// nothing, a power cut loses recent records. For benchmarks only, and labelled as such
+    /// wherever a figure is reported.
     None,
 }
 
@@ -235,18 +236,22 @@ impl<S: Storage> JournalWriter<S> {
     pub fn commit(&mut self) -> Result<u64, JournalError> {
         self.check_poisoned()?;
         if self.write_offset > self.synced_offset {
-            if self.config.durability == Durability::Fsync {
-                let Some(segment) = self.segment.as_mut() else {
-                    unreachable!("dirty bytes without a segment")
-                };
-                if let Err(error) =
+            let Some(segment) = self.segment.as_mut() else {
+                unreachable!("dirty bytes without a segment")
+            };
+            // `None` still writes every record to the page cache (a process crash loses
+            // nothing); it only skips waiting for the medium.
+            let written = match self.config.durability {
+                Durability::Fsync => {
                     segment.sync(self.synced_offset, self.write_offset - self.synced_offset)
-                {
-                    let reason = error.to_string();
-                    tracing::error!(shard = self.config.shard, %reason, "journal sync failed; poisoned");
-                    self.poisoned = Some(reason.clone());
-                    return Err(JournalError::Poisoned { reason });
                 }
+                Durability::None => segment.write_out(),
+            };
+            if let Err(error) = written {
+                let reason = error.to_string();
+                tracing::error!(shard = self.config.shard, %reason, "journal write failed; poisoned");
+                self.poisoned = Some(reason.clone());
+                return Err(JournalError::Poisoned { reason });
             }
             self.synced_offset = self.write_offset;
         }

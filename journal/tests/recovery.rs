@@ -452,3 +452,40 @@ fn a_divergent_tail_is_backed_up_and_cut() {
         );
     }
 }
+
+/// `Durability::None` writes every committed record to the page cache (it only skips the
+/// fsync): a writer dropped without any further call — a process killed, as far as the files
+/// are concerned — leaves every committed record readable, with the default write method and
+/// the two mapped ones. (It wrote nothing at all with the default method before.)
+#[test]
+fn durability_none_writes_every_committed_record_to_the_files() {
+    use paycore_journal::SyncMethod;
+    for sync in [
+        SyncMethod::PwriteFdatasync,
+        SyncMethod::Fdatasync,
+        SyncMethod::Msync,
+    ] {
+        let dir = tempfile_dir(&format!("none-{sync:?}"));
+        let storage = MmapStorage::with_sync(&dir, sync).expect("storage");
+        let none = JournalConfig {
+            durability: Durability::None,
+            ..config()
+        };
+        let mut writer = open(&storage, none.clone());
+        // Several segments, several commits.
+        for batch in 0..30u64 {
+            write(&mut writer, batch * 200 + 1, batch * 200 + 200);
+        }
+        assert!(writer.segments().len() > 1, "{sync:?}: rolled over");
+        drop(writer);
+        drop(storage);
+        let reopened = MmapStorage::with_sync(&dir, sync).expect("storage reopened");
+        let records = read_all(reopened.clone());
+        assert_records(&records, 6_000);
+        let writer = open(&reopened, none);
+        assert_eq!(writer.next_sequence(), 6_001, "{sync:?}");
+        drop(writer);
+        drop(reopened);
+        std::fs::remove_dir_all(&dir).expect("folder removed");
+    }
+}
