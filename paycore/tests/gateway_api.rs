@@ -5,6 +5,7 @@
 mod gateway_support;
 
 use gateway_support::{ADMIN_EMAIL, JWT_SECRET, StoreKind, World, postgres_available};
+use gateway_support::{call_at, now_secs, raw_at};
 use serde_json::json;
 
 /// register -> login -> open wallet -> deposit -> transfer (replayed, then conflicting) ->
@@ -271,6 +272,13 @@ async fn bad_inputs_get_problems_never_500() {
         ("wrong type", "POST", "/api/v1/wallets", br#"{"currency": 12}"#.to_vec(), 422, "invalid_body"),
         ("unknown field", "POST", "/api/v1/wallets", br#"{"currency": "USD", "x": 1}"#.to_vec(), 422, "invalid_body"),
         ("array body", "POST", "/api/v1/wallets", b"[]".to_vec(), 422, "invalid_body"),
+        // serde reads a struct from an array of its fields: bodies must be objects.
+        ("tuple body", "POST", "/api/v1/wallets", br#"["EUR"]"#.to_vec(), 422, "invalid_body"),
+        ("tuple send", "POST", "/api/v1/transactions/send",
+            json!([wallet, dave_wallet, null, "1.00", "USD"]).to_string().into_bytes(), 422, "invalid_body"),
+        ("string body", "POST", "/api/v1/wallets", br#""EUR""#.to_vec(), 422, "invalid_body"),
+        ("null body", "POST", "/api/v1/wallets", b"null".to_vec(), 422, "invalid_body"),
+        ("number body", "POST", "/api/v1/users/kyc", b"12".to_vec(), 422, "invalid_body"),
         ("huge body", "POST", "/api/v1/wallets", huge.clone(), 413, "body_too_large"),
         ("unknown currency", "POST", "/api/v1/wallets", br#"{"currency": "XYZ"}"#.to_vec(), 422, "currency_unknown"),
         ("bad currency code", "POST", "/api/v1/wallets", br#"{"currency": "usd"}"#.to_vec(), 422, "currency_invalid"),
@@ -409,6 +417,92 @@ async fn bad_inputs_get_problems_never_500() {
         (unknown.status, unknown.code().as_str()),
         (401, "credentials_invalid")
     );
+
+    // A JSON body needs Content-Type: application/json (parameters allowed): else 415.
+    let eur = br#"{"currency": "EUR"}"#;
+    for (label, content_type, status, code) in [
+        (
+            "text/plain",
+            Some("text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "form",
+            Some("application/x-www-form-urlencoded"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "json prefix",
+            Some("application/jsonx"),
+            415,
+            "unsupported_media_type",
+        ),
+        ("none", None, 415, "unsupported_media_type"),
+        (
+            "json with charset",
+            Some("application/json; charset=utf-8"),
+            422,
+            "currency_unknown",
+        ),
+    ] {
+        let mut request = format!(
+            "POST /api/v1/wallets HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
+             authorization: Bearer {alice}\r\ncontent-length: {}\r\n",
+            eur.len() + 1
+        );
+        if let Some(content_type) = content_type {
+            request.push_str(&format!("content-type: {content_type}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        // "EURO": a currency the gateway does not know, so an accepted body changes nothing.
+        bytes.extend_from_slice(br#"{"currency": "EURO"}"#);
+        let response = raw_at(world.addr, &bytes).await;
+        assert_eq!(response.status, status, "{label}: {}", response.text());
+        let expected = if status == 422 {
+            "currency_invalid"
+        } else {
+            code
+        };
+        assert_eq!(response.code(), expected, "{label}");
+    }
+    // What the HTTP parser refuses is a problem document too.
+    let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long_uri = format!("/api/v1/wallets/{}", "9".repeat(70_000));
+    let parser_cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "too many headers",
+            format!("GET /health HTTP/1.1\r\nhost: t\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "long uri",
+            format!("GET {long_uri} HTTP/1.1\r\nhost: t\r\n\r\n").into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "garbage",
+            b"HELLO THERE\r\n\r\n".to_vec(),
+            400,
+            "request_invalid",
+        ),
+        (
+            "header without colon",
+            b"GET /health HTTP/1.1\r\nhost t\r\n\r\n".to_vec(),
+            400,
+            "request_invalid",
+        ),
+    ];
+    for (label, bytes, status, code) in parser_cases {
+        let response = raw_at(world.addr, &bytes).await;
+        assert_eq!(response.status, status, "{label}: {}", response.text());
+        assert_eq!(response.code(), code, "{label}");
+    }
+    let _ = call_at;
 
     // Nothing above moved money.
     assert_eq!(world.balance(&alice, &wallet).await, "10.00");
@@ -641,7 +735,7 @@ async fn webhooks_need_a_valid_recent_signature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_freezes_wallets_and_reviews_kyc_withdrawals_settle() {
     let world = World::start(StoreKind::Sqlite, |_| {}).await;
-    let (admin, _) = world.user(ADMIN_EMAIL).await;
+    let admin = world.admin(ADMIN_EMAIL).await.token;
     let (ivy, ivy_id) = world.user("ivy@example.com").await;
     let (jack, _) = world.user("jack@example.com").await;
     let ivy_wallet = world.wallet(&ivy, "USD").await;
@@ -1280,5 +1374,398 @@ async fn postgres_connections_lost_are_reopened() {
         "{statuses:?}"
     );
     assert!(statuses[10..].iter().all(|s| *s == 200), "{statuses:?}");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_currency_sends_are_refused_up_front_on_every_shard() {
+    let world = World::start_sharded(StoreKind::Sqlite, 2, |_| {}).await;
+    let [(ann, ann_usd), (ben, ben_usd)] = world.users_on_two_shards("xc", "USD").await;
+    let ann_eur = world.wallet(&ann, "EUR").await;
+    let ben_eur = world.wallet(&ben, "EUR").await;
+    assert_eq!(world.deposit(&ann_usd, "10.00", "USD").await.status, 200);
+    assert_eq!(world.deposit(&ben_usd, "10.00", "USD").await.status, 200);
+    for (label, token, from, to) in [
+        ("one shard", &ann, &ann_usd, &ann_eur),
+        ("shard 0 to 1", &ann, &ann_usd, &ben_eur),
+        ("shard 1 to 0", &ben, &ben_usd, &ann_eur),
+    ] {
+        let body = json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "1.00", "currency": "USD"});
+        let sent = world
+            .send(token, &format!("xc-{}", label.replace(' ', "-")), &body)
+            .await;
+        assert_eq!(sent.status, 422, "{label}: {}", sent.text());
+        assert_eq!(sent.code(), "currency_mismatch", "{label}");
+    }
+    // Nothing moved, nothing is pending, no history row was written.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (token, wallet, balance) in [
+        (&ann, &ann_usd, "10.00"),
+        (&ben, &ben_usd, "10.00"),
+        (&ann, &ann_eur, "0.00"),
+        (&ben, &ben_eur, "0.00"),
+    ] {
+        assert_eq!(world.balance(token, wallet).await, balance);
+    }
+    for token in [&ann, &ben] {
+        let history = world.get("/api/v1/transactions", Some(token)).await.json();
+        let kinds: Vec<&str> = history["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(|t| t["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["deposit"]);
+    }
+    world.stop().await;
+}
+
+/// A provider event id names one event in the whole system: recorded in the gateway's store
+/// before money moves, so a re-sent event replays and one with other contents is refused (409
+/// and an alert) whichever shard its wallet is on.
+async fn provider_event_ids_are_unique(store: StoreKind) {
+    let mut world = World::start_sharded(store, 2, |_| {}).await;
+    let [(ann, on_0), (ben, on_1)] = world.users_on_two_shards("evt", "USD").await;
+    let deposit = |wallet: &str, amount: &str| {
+        json!({"id": "evt-unique-1", "type": "deposit.succeeded",
+            "data": {"wallet_id": wallet, "amount": amount, "currency": "USD"}})
+    };
+    let first = world.webhook(&deposit(&on_0, "10.00")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The same event again (a provider's retry): the same answer, credited once.
+    let again = world.webhook(&deposit(&on_0, "10.00")).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json(), first.json());
+    // Keys in another order are the same contents.
+    let reordered = json!({"type": "deposit.succeeded", "id": "evt-unique-1",
+        "data": {"currency": "USD", "amount": "10.00", "wallet_id": on_0}});
+    assert_eq!(world.webhook(&reordered).await.status, 200);
+    // The same id with other contents: another wallet (on the other shard), another amount,
+    // another type. Refused, whatever the shard.
+    for (label, event) in [
+        ("other shard", deposit(&on_1, "10.00")),
+        ("other amount", deposit(&on_0, "99.00")),
+        (
+            "other type",
+            json!({"id": "evt-unique-1", "type": "withdrawal.failed",
+                "data": {"withdrawal_id": "00000000-0000-4000-8000-000000000000"}}),
+        ),
+    ] {
+        let refused = world.webhook(&event).await;
+        assert_eq!(refused.status, 409, "{label}: {}", refused.text());
+        assert_eq!(refused.code(), "event_id_reused", "{label}");
+    }
+    assert_eq!(world.balance(&ann, &on_0).await, "10.00");
+    assert_eq!(world.balance(&ben, &on_1).await, "0.00");
+    let metrics = String::from_utf8_lossy(&world.get("/metrics", None).await.body).into_owned();
+    assert!(
+        metrics.contains("paycore_gateway_webhook_event_conflicts_total 3"),
+        "{metrics}"
+    );
+    // Another gateway on the same store knows the id too.
+    let second = world.second_gateway().await;
+    let body = deposit(&on_1, "10.00").to_string();
+    let signature = paycore_gateway::sign_webhook(
+        gateway_support::WEBHOOK_SECRET.as_bytes(),
+        now_secs(),
+        body.as_bytes(),
+    );
+    let elsewhere = call_at(
+        second.addr,
+        "POST",
+        "/api/v1/webhooks/provider",
+        None,
+        &[("paycore-signature", &signature)],
+        Some(body.as_bytes()),
+    )
+    .await;
+    assert_eq!(elsewhere.status, 409, "{}", elsewhere.text());
+    second.stop().await;
+    // Recorded before the core is asked: with the core gone the event is answered 503, and
+    // the id is taken all the same.
+    if let Some(mut node) = world.node.take() {
+        node.stop();
+    }
+    let pending = json!({"id": "evt-unique-2", "type": "deposit.succeeded",
+        "data": {"wallet_id": on_0, "amount": "1.00", "currency": "USD"}});
+    let unavailable = world.webhook(&pending).await;
+    assert_eq!(unavailable.status, 503, "{}", unavailable.text());
+    let mut other = pending.clone();
+    other["data"]["amount"] = json!("2.00");
+    let refused = world.webhook(&other).await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_event_ids_are_unique_on_sqlite() {
+    provider_event_ids_are_unique(StoreKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_event_ids_are_unique_on_postgres() {
+    if !postgres_available().await {
+        return;
+    }
+    provider_event_ids_are_unique(StoreKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_every_access_token_on_every_gateway() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let second = world.second_gateway().await;
+    let (phone, _) = world.user("gen@example.com").await;
+    let laptop = world.login("gen@example.com").await;
+    let profile = |addr, token: String| async move {
+        call_at(
+            addr,
+            "GET",
+            "/api/v1/users/profile",
+            Some(&token),
+            &[],
+            None,
+        )
+        .await
+    };
+    assert_eq!(profile(second.addr, laptop.clone()).await.status, 200);
+    let logout = world
+        .call("POST", "/api/v1/users/logout", Some(&phone), &[], None)
+        .await;
+    assert_eq!(logout.status, 204, "{}", logout.text());
+    // Every access token of the user, on every gateway, at once.
+    for (addr, token) in [
+        (world.addr, phone.clone()),
+        (world.addr, laptop.clone()),
+        (second.addr, laptop.clone()),
+    ] {
+        let refused = profile(addr, token).await;
+        assert_eq!(refused.status, 401, "{}", refused.text());
+        assert_eq!(refused.code(), "token_revoked");
+    }
+    // A new login works.
+    let fresh = world.login("gen@example.com").await;
+    assert_eq!(profile(second.addr, fresh).await.status, 200);
+    second.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_theft_ends_every_access_token() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (_, _) = world.user("theft@example.com").await;
+    let login = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "theft@example.com", "password": gateway_support::PASSWORD}),
+        )
+        .await
+        .json();
+    let stolen = login["refresh_token"].as_str().expect("refresh").to_owned();
+    // The thief refreshes first and holds a fresh access token.
+    let thief = world
+        .post(
+            "/api/v1/users/refresh",
+            None,
+            &json!({"refresh_token": stolen}),
+        )
+        .await;
+    assert_eq!(thief.status, 200, "{}", thief.text());
+    let thief_token = thief.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        world
+            .get("/api/v1/users/profile", Some(&thief_token))
+            .await
+            .status,
+        200
+    );
+    // The owner presents the same (now spent) refresh token: reuse, so every token ends.
+    let owner = world
+        .post(
+            "/api/v1/users/refresh",
+            None,
+            &json!({"refresh_token": stolen}),
+        )
+        .await;
+    assert_eq!(owner.status, 401, "{}", owner.text());
+    let second = world.second_gateway().await;
+    for (addr, token) in [
+        (world.addr, &thief_token),
+        (second.addr, &thief_token),
+        (
+            world.addr,
+            &login["access_token"].as_str().expect("t").to_owned(),
+        ),
+    ] {
+        let refused = call_at(addr, "GET", "/api/v1/users/profile", Some(token), &[], None).await;
+        assert_eq!(refused.status, 401, "{}", refused.text());
+        assert_eq!(refused.code(), "token_revoked");
+    }
+    second.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_are_created_explicitly_and_act_with_two_factor() {
+    // Registering with an address that used to be configured as an admin's makes a user.
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (squatter, _) = world.user(ADMIN_EMAIL).await;
+    let profile = world
+        .get("/api/v1/users/profile", Some(&squatter))
+        .await
+        .json();
+    assert_eq!(profile["role"], "user");
+    let (owner, _) = world.user("owner@example.com").await;
+    let wallet = world.wallet(&owner, "USD").await;
+    let freeze = format!("/api/v1/admin/wallets/{wallet}/freeze");
+    let unfreeze = format!("/api/v1/admin/wallets/{wallet}/unfreeze");
+    let refused = world
+        .call("POST", &freeze, Some(&squatter), &[], None)
+        .await;
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "forbidden")
+    );
+
+    // `paycore admin create`; without a 2FA login no admin action is allowed.
+    let admin = world.admin("root@example.com").await;
+    let password_only = world
+        .call("POST", &freeze, Some(&admin.password_token), &[], None)
+        .await;
+    assert_eq!(
+        (password_only.status, password_only.code().as_str()),
+        (403, "two_factor_required"),
+        "{}",
+        password_only.text()
+    );
+    for path in [&freeze, &unfreeze] {
+        let done = world
+            .call("POST", path, Some(&admin.token), &[], None)
+            .await;
+        assert_eq!(done.status, 200, "{path}: {}", done.text());
+    }
+    // Logging in again asks for a code.
+    let login = world
+        .post(
+            "/api/v1/users/login",
+            None,
+            &json!({"email": "root@example.com", "password": gateway_support::PASSWORD}),
+        )
+        .await;
+    assert_eq!(login.json()["two_factor_required"], true);
+
+    // `paycore admin revoke`: the role ends at once, on the tokens already issued too.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["admin", "revoke", "--email", "root@example.com", "--sqlite"])
+        .arg(&world.gateway.as_ref().expect("gateway").state.args.sqlite)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("paycore admin revoke");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let revoked = world
+        .call("POST", &freeze, Some(&admin.token), &[], None)
+        .await;
+    assert_eq!(revoked.status, 401, "{}", revoked.text());
+
+    // The old way to make admins is refused at start rather than ignored.
+    let mut args = world.gateway.as_ref().expect("gateway").state.args.clone();
+    args.admin_emails = ADMIN_EMAIL.into();
+    let error = paycore_gateway::state(args).await.err().expect("refused");
+    assert!(error.contains("paycore admin create"), "{error}");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_applies_to_every_money_moving_route() {
+    let world = World::start(StoreKind::Sqlite, |args| {
+        args.two_factor_above = "USD:50".into();
+    })
+    .await;
+    let (payee, _) = world.user("payee@example.com").await;
+    let payee_wallet = world.wallet(&payee, "USD").await;
+    // route, body for an amount. Every route that takes money out of a user's wallet.
+    type Body = Box<dyn Fn(&str, &str) -> serde_json::Value>;
+    let payee_for_send = payee_wallet.clone();
+    let routes: Vec<(&str, &str, Body)> = vec![
+        (
+            "send",
+            "/api/v1/transactions/send",
+            Box::new(
+                move |wallet: &str, amount: &str| json!({"from_wallet_id": wallet, "to_wallet_id": payee_for_send, "amount": amount, "currency": "USD"}),
+            ),
+        ),
+        (
+            "withdraw",
+            "/api/v1/withdrawals",
+            Box::new(
+                |wallet: &str, amount: &str| json!({"wallet_id": wallet, "amount": amount, "currency": "USD", "destination": "DE89370400440532013000"}),
+            ),
+        ),
+    ];
+    for (route, path, body) in &routes {
+        let email = format!("step-{route}@example.com");
+        let (token, _) = world.user(&email).await;
+        let wallet = world.wallet(&token, "USD").await;
+        assert_eq!(world.deposit(&wallet, "500.00", "USD").await.status, 200);
+        let call = |key: &str, amount: &str, code: Option<&str>, token: &str| {
+            let body = body(&wallet, amount).to_string();
+            let mut headers = vec![("idempotency-key", key.to_owned())];
+            if let Some(code) = code {
+                headers.push(("x-2fa-code", code.to_owned()));
+            }
+            let token = token.to_owned();
+            let world = &world;
+            async move {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                world
+                    .call("POST", path, Some(&token), &headers, Some(body.as_bytes()))
+                    .await
+            }
+        };
+        // Above the amount without 2FA: refused; at or below it: no code needed.
+        let refused = call("big-0", "50.01", None, &token).await;
+        assert_eq!(
+            (refused.status, refused.code().as_str()),
+            (403, "two_factor_required"),
+            "{route}: {}",
+            refused.text()
+        );
+        assert_eq!(
+            call("small-0", "50.00", None, &token).await.status,
+            201,
+            "{route}"
+        );
+        let (secret, token, used) = world.enable_two_factor(&email, &token).await;
+        let missing = call("big-1", "60.00", None, &token).await;
+        assert_eq!(
+            (missing.status, missing.code().as_str()),
+            (401, "two_factor_code_required"),
+            "{route}"
+        );
+        let wrong = call("big-1", "60.00", Some("000000"), &token).await;
+        assert_eq!(wrong.status, 401, "{route}: {}", wrong.text());
+        // The same Idempotency-Key with the code: a refused step-up decided nothing.
+        let code = World::unused_code(&secret, used);
+        let done = call("big-1", "60.00", Some(&code), &token).await;
+        assert_eq!(done.status, 201, "{route}: {}", done.text());
+        assert_eq!(
+            call("small-1", "10.00", None, &token).await.status,
+            201,
+            "{route}"
+        );
+        let wallet_now = world
+            .get(&format!("/api/v1/wallets/{wallet}"), Some(&token))
+            .await
+            .json();
+        assert_eq!(wallet_now["available"], "380.00", "{route}");
+    }
     world.stop().await;
 }

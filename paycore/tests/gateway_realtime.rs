@@ -190,3 +190,31 @@ async fn transfer_events_reach_the_recipient_and_nobody_else() {
     drop(sse);
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_websocket_message_is_closed_with_1009() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let (dora, _) = world.user("rt-dora@example.com").await;
+    for size in [5_000, 1_000_000] {
+        let mut socket = connect(&world, &dora).await;
+        let subscribed = say(&mut socket, json!({"type": "subscribe.transactions"})).await;
+        assert_eq!(subscribed["type"], "subscribed");
+        let big = json!({"type": "subscribe.transactions", "pad": "x".repeat(size)});
+        // The server may close before it read everything: a failed send is fine.
+        let _ = socket.send(Message::Text(big.to_string().into())).await;
+        let mut closed = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    closed = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => break,
+            }
+        }
+        assert_eq!(closed, Some(1009), "a {size}-byte message");
+    }
+    world.stop().await;
+}

@@ -8,7 +8,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use paycore_engine::amount::{format_amount, parse_amount};
-use paycore_engine::{Applied, CurrencyCode, Op, Outcome, UserId, WalletId, WalletStatus};
+use paycore_engine::{Applied, CurrencyCode, Op, Outcome, Reject, UserId, WalletId, WalletStatus};
 use paycore_protocol::{Query, QueryResult, WalletView};
 use serde::Deserialize;
 use serde_json::json;
@@ -466,9 +466,14 @@ pub async fn send(
             }
             let amount = parse_amount(&request.amount, source.scale)
                 .map_err(|e| ApiError::unprocessable("amount_invalid", e.to_string()))?;
+            let target = recipient(&state, &request, currency).await?;
+            // The engine refuses this itself only when both wallets are on one shard; across
+            // shards the debit would apply and the credit leg fail later. Same answer for both.
+            if target.currency != currency {
+                return Err(ApiError::rejected(Reject::CurrencyMismatch));
+            }
             two_factor_for_amount(&state, &user, &code_headers, currency, amount, source.scale)
                 .await?;
-            let target = recipient(&state, &request, currency).await?;
             let op = Op::Transfer {
                 from,
                 to: target.id,

@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
 pub const JWT_SECRET: &str = "a-test-jwt-secret-of-at-least-32-bytes";
 pub const ADMIN_EMAIL: &str = "admin@paycore.test";
+/// The TOTP sealing key every test gateway gets (admins need 2FA).
+pub const TOTP_KEY: &str = "abababababababababababababababababababababababababababababababab";
+pub const PASSWORD: &str = "correct horse battery";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -142,7 +145,7 @@ impl World {
         args.sqlite = dir.join("gateway.sqlite");
         args.jwt_secret = Some(JWT_SECRET.into());
         args.webhook_secret = Some(WEBHOOK_SECRET.into());
-        args.admin_emails = ADMIN_EMAIL.into();
+        args.totp_key = Some(TOTP_KEY.into());
         args.rate_limits = "off".into();
         args.postgres_url = None;
         let mut schema = None;
@@ -312,6 +315,130 @@ impl World {
         .await
     }
 
+    /// Users (e-mails `<prefix>-<n>@example.com`) until one has a `currency` wallet on shard 0
+    /// and one on shard 1 (the node needs 2 shards): their (token, wallet), shard 0 first.
+    pub async fn users_on_two_shards(&self, prefix: &str, currency: &str) -> [(String, String); 2] {
+        let mut found: [Option<(String, String)>; 2] = [None, None];
+        // A user lands on either shard with probability 1/2: 40 tries miss with odds 2^-39.
+        for i in 0..40 {
+            let (token, _) = self.user(&format!("{prefix}-{i}@example.com")).await;
+            let wallet = self.wallet(&token, currency).await;
+            let shard = wallet.parse::<u64>().expect("wallet id") >> 48;
+            let slot = usize::try_from(shard).expect("shard");
+            if found[slot].is_none() {
+                found[slot] = Some((token, wallet));
+            }
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        found.map(|f| f.expect("a wallet on each shard"))
+    }
+
+    /// Creates an admin the only way there is (`paycore admin create`, into this gateway's
+    /// store), enrolls its 2FA and logs it in with a code.
+    pub async fn admin(&self, email: &str) -> Admin {
+        let args = &self.gateway.as_ref().expect("gateway").state.args;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paycore"));
+        command.args(["admin", "create", "--email", email, "--password-stdin"]);
+        match (&args.postgres_url, &args.postgres_schema) {
+            (Some(url), schema) => {
+                command.args(["--postgres-url", url]);
+                if let Some(schema) = schema {
+                    command.args(["--postgres-schema", schema]);
+                }
+            }
+            (None, _) => {
+                command.arg("--sqlite").arg(&args.sqlite);
+                command.env_remove("DATABASE_URL");
+            }
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("paycore admin create");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            writeln!(stdin, "{PASSWORD}").expect("password");
+        }
+        let output = child.wait_with_output().expect("paycore admin create");
+        assert!(
+            output.status.success(),
+            "paycore admin create: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let password_token = self.login(email).await;
+        let (secret, token, _) = self.enable_two_factor(email, &password_token).await;
+        Admin {
+            password_token,
+            token,
+            secret,
+        }
+    }
+
+    /// Enrolls and confirms 2FA with the account's token, then logs in with a code: the TOTP
+    /// secret, the new access token and the step `s` whose codes `s` and `s + 1` it used.
+    pub async fn enable_two_factor(&self, email: &str, token: &str) -> (Vec<u8>, String, i64) {
+        let enrolled = self
+            .call("POST", "/api/v1/users/2fa/enroll", Some(token), &[], None)
+            .await;
+        assert_eq!(enrolled.status, 200, "{}", enrolled.text());
+        let secret = paycore_gateway::totp::base32_decode(
+            enrolled.json()["secret"].as_str().expect("secret"),
+        )
+        .expect("base32");
+        let step = now_secs() / 30;
+        let confirmed = self
+            .post(
+                "/api/v1/users/2fa/confirm",
+                Some(token),
+                &serde_json::json!({"code": paycore_gateway::totp::code_at(&secret, step)}),
+            )
+            .await;
+        assert_eq!(confirmed.status, 200, "{}", confirmed.text());
+        let login = self
+            .post(
+                "/api/v1/users/login",
+                None,
+                &serde_json::json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(login.status, 200, "{}", login.text());
+        let challenge = login.json()["challenge_token"]
+            .as_str()
+            .expect("challenge")
+            .to_owned();
+        let verified = self
+            .post(
+                "/api/v1/users/verify-2fa",
+                None,
+                &serde_json::json!({"challenge_token": challenge,
+                    "code": paycore_gateway::totp::code_at(&secret, step + 1)}),
+            )
+            .await;
+        assert_eq!(verified.status, 200, "{}", verified.text());
+        let token = verified.json()["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        (secret, token, step)
+    }
+
+    /// A code of `secret` the server accepts now and that `enable_two_factor` (which used
+    /// steps `used` and `used + 1`) did not use.
+    pub fn unused_code(secret: &[u8], used: i64) -> String {
+        let step = if now_secs() / 30 == used {
+            used - 1
+        } else {
+            used + 2
+        };
+        paycore_gateway::totp::code_at(secret, step)
+    }
+
     pub async fn balance(&self, token: &str, wallet: &str) -> String {
         let response = self
             .get(&format!("/api/v1/wallets/{wallet}"), Some(token))
@@ -324,6 +451,21 @@ impl World {
     }
 }
 
+/// An admin made by `paycore admin create`, with 2FA enabled.
+pub struct Admin {
+    /// From a login before 2FA was enabled: not enough for admin routes.
+    pub password_token: String,
+    /// From a login with a 2FA code.
+    pub token: String,
+    pub secret: Vec<u8>,
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// One HTTP request to `addr` (see [`World::call`]).
 pub async fn call_at(
     addr: SocketAddr,
@@ -333,7 +475,6 @@ pub async fn call_at(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Response {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("authorization: Bearer {token}\r\n"));
@@ -342,15 +483,26 @@ pub async fn call_at(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.unwrap_or_default();
-    if !body.is_empty() || method != "GET" {
+    let typed = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+    if (!body.is_empty() || method != "GET") && !typed {
         request.push_str("content-type: application/json\r\n");
+    }
+    if !body.is_empty() || method != "GET" {
         request.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
+    raw_at(addr, &bytes).await
+}
+
+/// Sends `bytes` as they are (a request the tests wrote by hand) and reads the answer.
+pub async fn raw_at(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     // A server may answer (413) and close before reading a huge body: ignore write errors.
-    let _ = stream.write_all(&bytes).await;
+    let _ = stream.write_all(bytes).await;
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
     Response::parse(&raw)
