@@ -4,13 +4,20 @@
 //!
 //! Events: `deposit.succeeded` (money arrived for a wallet), `withdrawal.paid` (the provider
 //! paid a withdrawal out: the hold is captured to settlement), `withdrawal.failed` (released).
-//! Each event id is applied once (the core's idempotency key is derived from it).
+//! Each event id names one event for the life of the system: before anything is applied the
+//! id and a hash of the event's contents (`type` and `data`) are recorded in the gateway's
+//! store (`provider_events`, shared by every gateway, never swept). The same event again gets
+//! the first answer without reaching the core; the same id with other contents is refused (409
+//! `event_id_reused`), logged at ERROR (target `paycore_gateway::alert`) and counted
+//! (`paycore_gateway_webhook_event_conflicts_total`). The core's idempotency key
+//! (`gw:webhook:<id>`) is only a second line: it is per shard, so by itself it could not tell
+//! an id used on one shard from the same id on another.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use paycore_engine::amount::{format_amount, parse_amount};
 use paycore_engine::{Applied, HoldId, Op, Outcome, Reject, UserId};
 use serde::Deserialize;
@@ -23,7 +30,7 @@ use crate::routes::wallets::{
     applied, parse_currency, parse_wallet_id, wallet_id_text, wallet_view,
 };
 use crate::time::{now_ms, now_secs};
-use crate::users::TransactionRecord;
+use crate::users::{EventBegin, TransactionRecord};
 
 /// Longest provider event id, in bytes.
 const EVENT_ID_BYTES_MAX: usize = 100;
@@ -131,7 +138,7 @@ pub async fn provider(
     State(state): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let key = state.webhook_key.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -160,15 +167,127 @@ pub async fn provider(
             "event id has 1 to 100 visible ASCII characters",
         ));
     }
+    let hash = content_hash(&event);
+    let begin = state
+        .store
+        .provider_event_begin(&event.id, &hash, &event.kind, now_ms())
+        .await
+        .map_err(store_error)?;
+    match begin {
+        EventBegin::New | EventBegin::Unfinished => {}
+        EventBegin::Answered { status, body } => return Ok(replay(status, body)),
+        EventBegin::OtherContents { kind } => {
+            tracing::error!(
+                target: "paycore_gateway::alert",
+                event_id = %event.id,
+                first_type = %kind,
+                resent_type = %event.kind,
+                "provider event id re-sent with other contents: refused"
+            );
+            state.metrics.count(
+                "paycore_gateway_webhook_event_conflicts_total",
+                String::new(),
+            );
+            return Err(ApiError::conflict(
+                "event_id_reused",
+                "this event id was received before with other contents",
+            ));
+        }
+    }
+    let id = event.id.clone();
+    match apply(&state, event).await {
+        Ok(answer) => {
+            answered(&state, &id, StatusCode::OK, &answer.to_string()).await;
+            Ok(Json(answer).into_response())
+        }
+        // Nothing was decided (core or store unreachable): the provider's retry runs again.
+        Err(error) if error.status.is_server_error() => Err(error),
+        Err(error) => {
+            answered(&state, &id, error.status, &error.body().to_string()).await;
+            Err(error)
+        }
+    }
+}
+
+/// SHA-256 of the event's type and its data in canonical JSON (keys sorted at every level),
+/// so a provider re-sending an event with its keys in another order sends the same contents.
+fn content_hash(event: &Event) -> String {
+    let mut text = event.kind.clone();
+    text.push('\0');
+    canonical(&event.data, &mut text);
+    crate::auth::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+fn canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Keeps a decided event's answer (a failure to keep it only costs a second application
+/// through the core's idempotency key).
+async fn answered(state: &Shared, event_id: &str, status: StatusCode, body: &str) {
+    if let Err(error) = state
+        .store
+        .provider_event_answered(event_id, status.as_u16(), body)
+        .await
+    {
+        tracing::warn!(%error, event_id, "provider event answer not kept");
+    }
+}
+
+/// The first answer to an event, again.
+fn replay(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Applies a recorded event: its answer, or why it was refused.
+async fn apply(state: &Shared, event: Event) -> Result<serde_json::Value, ApiError> {
     let engine_key = format!("gw:webhook:{}", event.id);
-    let data = |value: serde_json::Value| value;
     match event.kind.as_str() {
         "deposit.succeeded" => {
-            let deposit: Deposit = serde_json::from_value(data(event.data))
+            let deposit: Deposit = serde_json::from_value(event.data)
                 .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
             let currency = parse_currency(&deposit.currency)?;
             let wallet = parse_wallet_id(&deposit.wallet_id)?;
-            let view = wallet_view(&state, wallet)
+            let view = wallet_view(state, wallet)
                 .await?
                 .filter(|v| v.user != UserId::SYSTEM)
                 .ok_or_else(|| ApiError::not_found("wallet_not_found", "no such wallet"))?;
@@ -208,21 +327,18 @@ pub async fn provider(
                 .insert_transaction(&record)
                 .await
                 .map_err(store_error)?;
-            Ok(Json(
-                json!({ "received": true, "transaction_id": record.id }),
-            ))
+            Ok(json!({ "received": true, "transaction_id": record.id }))
         }
         "withdrawal.paid" | "withdrawal.failed" => {
             let update: WithdrawalUpdate = serde_json::from_value(event.data)
                 .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
             let paid = event.kind == "withdrawal.paid";
-            let status =
-                settle_withdrawal(&state, &update.withdrawal_id, paid, &engine_key).await?;
-            Ok(Json(json!({
+            let status = settle_withdrawal(state, &update.withdrawal_id, paid, &engine_key).await?;
+            Ok(json!({
                 "received": true,
                 "transaction_id": update.withdrawal_id,
                 "status": status,
-            })))
+            }))
         }
         other => Err(ApiError::unprocessable(
             "event_type_unknown",
@@ -294,6 +410,39 @@ pub async fn settle_withdrawal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contents_hash_ignores_key_order_only() {
+        let event = |kind: &str, data: serde_json::Value| Event {
+            id: "e".into(),
+            kind: kind.into(),
+            data,
+        };
+        let a = content_hash(&event(
+            "deposit.succeeded",
+            json!({"a": 1, "b": {"y": [1, "x"], "x": null}}),
+        ));
+        let b = content_hash(&event(
+            "deposit.succeeded",
+            json!({"b": {"x": null, "y": [1, "x"]}, "a": 1}),
+        ));
+        assert_eq!(a, b);
+        let other_type = content_hash(&event(
+            "withdrawal.paid",
+            json!({"a": 1, "b": {"y": [1, "x"], "x": null}}),
+        ));
+        assert_ne!(a, other_type);
+        let other_value = content_hash(&event(
+            "deposit.succeeded",
+            json!({"a": 2, "b": {"y": [1, "x"], "x": null}}),
+        ));
+        assert_ne!(a, other_value);
+        let other_order = content_hash(&event(
+            "deposit.succeeded",
+            json!({"a": 1, "b": {"y": ["x", 1], "x": null}}),
+        ));
+        assert_ne!(a, other_order);
+    }
 
     #[test]
     fn signatures_verify_within_the_window_only() {

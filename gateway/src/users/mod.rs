@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS http_idempotency (
     user_id TEXT NOT NULL, idem_key TEXT NOT NULL, request_hash TEXT NOT NULL,
     state TEXT NOT NULL, status BIGINT, body TEXT, created_at BIGINT NOT NULL,
     PRIMARY KEY (user_id, idem_key));
+CREATE TABLE IF NOT EXISTS provider_events (
+    event_id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, kind TEXT NOT NULL,
+    state TEXT NOT NULL, status BIGINT, body TEXT, received_at BIGINT NOT NULL);
 ";
 
 /// Tables of the PostgreSQL engine: the same, with an identity column for `seq`.
@@ -220,6 +223,21 @@ pub enum IdempotencyBegin {
     Running,
     /// Used before with another body.
     Mismatch,
+}
+
+/// What a provider event's id found in `provider_events` (see [`Store::provider_event_begin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBegin {
+    /// Never seen: recorded now with its contents; the caller applies it.
+    New,
+    /// Seen with the same contents and not answered yet (a delivery still running, or one
+    /// that met an unreachable core): the caller applies it again (the core's key for the
+    /// event makes that safe).
+    Unfinished,
+    /// Seen with the same contents and answered: this status and body.
+    Answered { status: u16, body: String },
+    /// Seen with other contents (`kind` is the first one's type): refuse and alert.
+    OtherContents { kind: String },
 }
 
 /// The store: every query the gateway makes, over one backend.
@@ -727,6 +745,75 @@ impl Store {
             deleted += self.db.execute(sql, vec![before.into()]).await?;
         }
         Ok(deleted)
+    }
+
+    /// Records provider event `event_id` with the hash of its contents before anything is
+    /// applied; the row is kept for good (ids are unique for the life of the system).
+    pub async fn provider_event_begin(
+        &self,
+        event_id: &str,
+        content_hash: &str,
+        kind: &str,
+        now: i64,
+    ) -> Result<EventBegin, StoreError> {
+        let inserted = self
+            .db
+            .execute(
+                "INSERT INTO provider_events (event_id, content_hash, kind, state, received_at) \
+                 VALUES (?1, ?2, ?3, 'received', ?4)",
+                vec![
+                    event_id.into(),
+                    content_hash.into(),
+                    kind.into(),
+                    now.into(),
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => return Ok(EventBegin::New),
+            Err(StoreError::Duplicate) => {}
+            Err(e) => return Err(e),
+        }
+        let rows = self
+            .db
+            .query(
+                "SELECT content_hash, kind, state, status, body FROM provider_events \
+                 WHERE event_id = ?1",
+                vec![event_id.into()],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Other("provider event vanished".into()))?;
+        if text(row, 0)? != content_hash {
+            return Ok(EventBegin::OtherContents {
+                kind: text(row, 1)?,
+            });
+        }
+        if text(row, 2)? != "answered" {
+            return Ok(EventBegin::Unfinished);
+        }
+        Ok(EventBegin::Answered {
+            status: u16::try_from(int(row, 3)?).unwrap_or(500),
+            body: text(row, 4)?,
+        })
+    }
+
+    /// Keeps the answer of a provider event that was decided (applied or refused).
+    pub async fn provider_event_answered(
+        &self,
+        event_id: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "UPDATE provider_events SET state = 'answered', status = ?2, body = ?3 \
+                 WHERE event_id = ?1",
+                vec![event_id.into(), i64::from(status).into(), body.into()],
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Forgets a key whose request failed before reaching a decision (the client may retry).
