@@ -1534,6 +1534,17 @@ impl Engine {
             .map(|e| e.outcome)
     }
 
+    /// [`outcome_of`](Self::outcome_of) with the time the outcome was recorded (a reader that
+    /// must know whether the record is replicated compares it with the release point).
+    pub fn outcome_at(&self, key: &IdempotencyKey) -> Option<(Outcome, u64)> {
+        let window = self.config.idempotency_window_ns;
+        let now = self.last_timestamp_ns;
+        self.idempotency
+            .find(key)
+            .filter(|e| e.timestamp_ns.saturating_add(window) > now)
+            .map(|e| (e.outcome, e.timestamp_ns))
+    }
+
     /// Idempotency records held.
     pub fn idempotency_entries(&self) -> usize {
         self.idempotency.len()

@@ -19,7 +19,7 @@ use paycore_protocol::{
     AdminCommand, CommandResult, ErrorCode, FRAME_BYTES_MAX, Frame, HoldView, Query, QueryResult,
     ShardStatus, StatusView, WalletView, decode, encode,
 };
-use paycore_sequencer::{ReplicationMode, Sequencer, SequencerConfig};
+use paycore_sequencer::{ReadView, ReplicationMode, Sequencer, SequencerConfig};
 
 use crate::frames::write_frame;
 use crate::node_state::{NodeState, Role};
@@ -698,8 +698,8 @@ async fn answer(frame: Frame, sequencer: &Arc<Sequencer>) -> Frame {
             }
         }
         Frame::Query(query) => match run_query(query, sequencer).await {
-            Some(result) => Frame::QueryResult(result),
-            None => Frame::error(ErrorCode::SHARD_UNAVAILABLE, "the shard did not answer"),
+            Ok(result) => Frame::QueryResult(result),
+            Err(failed) => failed.frame(),
         },
         _ => Frame::error(
             ErrorCode::UNEXPECTED_FRAME,
@@ -831,94 +831,140 @@ fn wire_result(result: paycore_sequencer::CommandResult) -> CommandResult {
     }
 }
 
-/// Runs `query` on `shard`'s writer thread and awaits its answer.
+/// Why a client's read got no answer.
+enum ReadFailed {
+    /// The shard's ring is full: retry.
+    Busy,
+    /// The shard is gone, or what the read would show was not released in time (a standby
+    /// that does not acknowledge): retry later.
+    NotReleased,
+    /// This primary has been replaced: ask the new one.
+    Fenced,
+}
+
+impl ReadFailed {
+    fn frame(self) -> Frame {
+        match self {
+            ReadFailed::Busy => {
+                Frame::error(ErrorCode::SHARD_UNAVAILABLE, "the shard is busy; retry")
+            }
+            ReadFailed::NotReleased => Frame::error(
+                ErrorCode::SHARD_UNAVAILABLE,
+                "the shard did not answer in time, or the state this read would show is not yet replicated to the standby; retry",
+            ),
+            ReadFailed::Fenced => Frame::error(
+                ErrorCode::NOT_PRIMARY,
+                "this primary has been replaced by a newer one: it answers no reads",
+            ),
+        }
+    }
+}
+
+/// A client's read on `shard`'s writer thread: answered once everything it shows is
+/// released (see `Sequencer::read_with`), within [`QUERY_TIMEOUT`].
 async fn on_shard<R: Send + 'static>(
     sequencer: &Arc<Sequencer>,
     shard: u16,
-    query: impl FnOnce(&paycore_engine::Engine) -> R + Send + 'static,
-) -> Option<R> {
+    read: impl FnOnce(&ReadView<'_>) -> R + Send + 'static,
+) -> Result<R, ReadFailed> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    if sequencer.is_fenced() {
+        return Err(ReadFailed::Fenced);
+    }
     sequencer
-        .query_with(shard, move |engine| {
-            let _ = sender.send(query(engine));
+        .read_with(shard, read, move |answer| {
+            let _ = sender.send(answer);
         })
-        .ok()?;
-    tokio::time::timeout(QUERY_TIMEOUT, receiver)
-        .await
-        .ok()?
-        .ok()
+        .map_err(|refused| match refused {
+            paycore_sequencer::CommandResult::Busy => ReadFailed::Busy,
+            _ if sequencer.is_fenced() => ReadFailed::Fenced,
+            _ => ReadFailed::NotReleased,
+        })?;
+    match tokio::time::timeout(QUERY_TIMEOUT, receiver).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ if sequencer.is_fenced() => Err(ReadFailed::Fenced),
+        _ => Err(ReadFailed::NotReleased),
+    }
 }
 
-async fn run_query(query: Query, sequencer: &Arc<Sequencer>) -> Option<QueryResult> {
+/// A wallet as a client sees it, noting its change time for the release check.
+fn wallet_view(view: &ReadView<'_>, id: paycore_engine::WalletId) -> Option<WalletView> {
+    let engine = view.engine();
+    let wallet = engine.wallet(id)?;
+    view.saw(wallet.updated_at_ns);
+    Some(WalletView::new(
+        id,
+        &wallet,
+        engine.currency(wallet.currency)?,
+    ))
+}
+
+async fn run_query(query: Query, sequencer: &Arc<Sequencer>) -> Result<QueryResult, ReadFailed> {
     let shards = sequencer.shard_count();
     let owner = |shard: u16| if shard < shards { shard } else { 0 };
-    match query {
-        Query::WalletById(id) => Some(QueryResult::Wallet(
-            on_shard(sequencer, owner(id.shard()), move |engine| {
-                let wallet = engine.wallet(id)?;
-                Some(WalletView::new(
-                    id,
-                    &wallet,
-                    engine.currency(wallet.currency)?,
-                ))
+    Ok(match query {
+        Query::WalletById(id) => QueryResult::Wallet(
+            on_shard(sequencer, owner(id.shard()), move |view| {
+                wallet_view(view, id)
             })
             .await?,
-        )),
-        Query::WalletsOfUser(user) => Some(QueryResult::Wallets(
-            on_shard(sequencer, user.shard(shards), move |engine| {
-                engine
+        ),
+        Query::WalletsOfUser(user) => QueryResult::Wallets(
+            on_shard(sequencer, user.shard(shards), move |view| {
+                view.engine()
                     .user_wallets(user)
                     .into_iter()
-                    .filter_map(|id| {
-                        let wallet = engine.wallet(id)?;
-                        Some(WalletView::new(
-                            id,
-                            &wallet,
-                            engine.currency(wallet.currency)?,
-                        ))
-                    })
+                    .filter_map(|id| wallet_view(view, id))
                     .collect()
             })
             .await?,
-        )),
-        Query::HoldById(hold) => Some(QueryResult::Hold(
-            on_shard(sequencer, owner(hold.shard()), move |engine| {
-                engine.hold(hold).map(HoldView::from)
+        ),
+        Query::HoldById(hold) => QueryResult::Hold(
+            on_shard(sequencer, owner(hold.shard()), move |view| {
+                // A hold that is gone may have been captured or voided by a batch not yet
+                // released: its absence waits like any unreleased change.
+                let found = view.engine().hold(hold).map(HoldView::from);
+                match &found {
+                    Some(found) => view.saw(found.created_at_ns),
+                    None => view.saw_unknown(),
+                }
+                found
             })
             .await?,
-        )),
-        Query::OutcomeByKey { shard, key } => Some(QueryResult::Outcome(
-            on_shard(sequencer, owner(shard), move |engine| {
-                engine.outcome_of(&key)
+        ),
+        Query::OutcomeByKey { shard, key } => QueryResult::Outcome(
+            on_shard(sequencer, owner(shard), move |view| {
+                let (outcome, recorded_at_ns) = view.engine().outcome_at(&key)?;
+                view.saw(recorded_at_ns);
+                Some(outcome)
             })
             .await?,
-        )),
+        ),
+        // From the counters each writer publishes: never waits for a writer thread, so it
+        // answers exactly when a shard is stuck (which is when operators ask).
         Query::Status => {
             let mut status = StatusView::default();
             for shard in 0..shards {
-                let ring_depth = sequencer.ring_depth(shard) as u64;
-                let durable = sequencer
-                    .stats(shard)
-                    .durable_sequence
-                    .load(std::sync::atomic::Ordering::Acquire);
-                let mut entry = on_shard(sequencer, shard, move |engine| ShardStatus {
+                let stats = sequencer.stats(shard);
+                let load = |counter: &std::sync::atomic::AtomicU64| {
+                    counter.load(std::sync::atomic::Ordering::Acquire)
+                };
+                status.shards.push(ShardStatus {
                     shard,
-                    last_sequence: engine.last_sequence(),
-                    last_timestamp_ns: engine.last_timestamp_ns(),
-                    wallets: engine.wallet_count() as u64,
-                    open_holds: engine.open_hold_count() as u64,
-                    transfers_in_flight: engine.transfers_in_flight() as u64,
-                    idempotency_entries: engine.idempotency_entries() as u64,
-                    idempotency_evicted_early: engine.idempotency_evicted_early(),
-                    ..ShardStatus::default()
-                })
-                .await?;
-                entry.durable_sequence = durable;
-                entry.ring_depth = ring_depth;
-                entry.ring_capacity = sequencer.ring_capacity() as u64;
-                status.shards.push(entry);
+                    last_sequence: load(&stats.last_sequence),
+                    last_timestamp_ns: load(&stats.engine.last_timestamp_ns),
+                    wallets: load(&stats.engine.wallets),
+                    open_holds: load(&stats.engine.open_holds),
+                    transfers_in_flight: load(&stats.engine.transfers_in_flight),
+                    idempotency_entries: load(&stats.engine.idempotency_entries),
+                    idempotency_evicted_early: load(&stats.engine.idempotency_evicted_early),
+                    durable_sequence: load(&stats.durable_sequence),
+                    ring_depth: sequencer.ring_depth(shard) as u64,
+                    ring_capacity: sequencer.ring_capacity() as u64,
+                    extra: Vec::new(),
+                });
             }
-            Some(QueryResult::Status(status))
+            QueryResult::Status(status)
         }
-    }
+    })
 }

@@ -200,6 +200,9 @@ fn judge(
         );
     }
     if epoch > state.epoch || last_epoch > state.epoch {
+        // Authenticated standbys only reach here (see `serve_standby`): a newer epoch is the
+        // word of a node of this cluster. From now on this node neither writes nor reads.
+        sequencer.fence();
         tracing::error!(
             shard,
             standby_epoch = epoch,

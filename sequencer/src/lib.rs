@@ -41,7 +41,9 @@ pub use events::{EventBatch, EventLog, Read};
 pub use replication::{ReplicationGate, ReplicationMode};
 pub use reply::{CommandResult, OnDone};
 pub use routing::{Route, route};
-pub use writer::{COMMIT_LATENCY_BOUNDS_US, LatencyHistogram, ShardStats};
+pub use writer::{
+    COMMIT_LATENCY_BOUNDS_US, Deliver, EngineCounters, LatencyHistogram, ReadView, ShardStats,
+};
 
 use reply::{BatchReply, DISCARD};
 use writer::{Release, Request, ShardWriter, WriterConfig, let_out};
@@ -326,6 +328,8 @@ impl Sequencer {
                 releaser,
                 primary: !config.standby,
                 retention_floors: floors.clone(),
+                unreleased: std::collections::VecDeque::new(),
+                writes_held: false,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
@@ -567,7 +571,9 @@ impl Sequencer {
     }
 
     /// Runs `query` on `shard`'s writer thread between two batches and returns its answer
-    /// (`None` if the shard is gone or does not answer within `timeout`).
+    /// (`None` if the shard is gone or does not answer within `timeout`). It sees the engine
+    /// as it stands, released or not: for tools, tests and the node's own bookkeeping; what
+    /// clients read goes through [`read_with`](Self::read_with).
     pub fn query<R: Send + 'static>(
         &self,
         shard: u16,
@@ -575,8 +581,9 @@ impl Sequencer {
         query: impl FnOnce(&Engine) -> R + Send + 'static,
     ) -> Option<R> {
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        let request = Request::Query(Box::new(move |engine| {
-            let _ = sender.send(query(engine));
+        let request = Request::Query(Box::new(move |view: &ReadView<'_>| {
+            let _ = sender.send(query(view.engine()));
+            Box::new(|| {}) as Deliver
         }));
         self.rings
             .get(usize::from(shard))?
@@ -585,22 +592,77 @@ impl Sequencer {
         receiver.recv_timeout(timeout).ok()
     }
 
-    /// Runs `query` on `shard`'s writer thread between two batches without waiting; `Err` if
-    /// the shard's ring is full or the shard is gone (then `query` is not run).
+    /// Runs `query` on `shard`'s writer thread between two batches without waiting, on the
+    /// engine as it stands (see [`query`](Self::query)); `Err` if the shard's ring is full or
+    /// the shard is gone (then `query` is not run).
     pub fn query_with(
         &self,
         shard: u16,
         query: impl FnOnce(&Engine) + Send + 'static,
     ) -> Result<(), CommandResult> {
+        self.send_query(
+            shard,
+            Box::new(move |view: &ReadView<'_>| {
+                query(view.engine());
+                Box::new(|| {}) as Deliver
+            }),
+        )
+    }
+
+    /// A client's read: runs `read` on `shard`'s writer thread between two batches and calls
+    /// `answer` with its result once everything the result shows is released (replicated
+    /// as the replication mode requires): a client never reads a change that a failover can
+    /// erase. `read` reports what it looked at through [`ReadView::saw`]; reads of state no
+    /// waiting commit touched are answered at once. `Err` when the ring is full (`Busy`), the
+    /// shard is gone, or this primary has been fenced (`ShardUnavailable`); an answer that
+    /// cannot be released (a standby that never returns, a fencing) is dropped, never called.
+    pub fn read_with<R: Send + 'static>(
+        &self,
+        shard: u16,
+        read: impl FnOnce(&ReadView<'_>) -> R + Send + 'static,
+        answer: impl FnOnce(R) + Send + 'static,
+    ) -> Result<(), CommandResult> {
+        if self
+            .gates
+            .get(usize::from(shard))
+            .is_none_or(|gate| gate.fenced())
+        {
+            return Err(CommandResult::ShardUnavailable);
+        }
+        self.send_query(
+            shard,
+            Box::new(move |view: &ReadView<'_>| {
+                let result = read(view);
+                Box::new(move || answer(result)) as Deliver
+            }),
+        )
+    }
+
+    fn send_query(&self, shard: u16, query: writer::QueryFn) -> Result<(), CommandResult> {
         let ring = self
             .rings
             .get(usize::from(shard))
             .ok_or(CommandResult::ShardUnavailable)?;
-        match ring.try_send(Request::Query(Box::new(query))) {
+        match ring.try_send(Request::Query(query)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(CommandResult::Busy),
             Err(TrySendError::Disconnected(_)) => Err(CommandResult::ShardUnavailable),
         }
+    }
+
+    /// This node learned that a newer primary exists: it takes no writes and answers no reads
+    /// from now on (both could show or acknowledge what the new primary never had).
+    pub fn fence(&self) {
+        self.accepting_writes
+            .store(false, std::sync::atomic::Ordering::Release);
+        for gate in &self.gates {
+            gate.fence();
+        }
+    }
+
+    /// True once [`fence`](Self::fence) was called.
+    pub fn is_fenced(&self) -> bool {
+        self.gates.first().is_some_and(|gate| gate.fenced())
     }
 
     /// Stops accepting work, lets every writer finish its current batch, and joins them.

@@ -19,9 +19,11 @@
 //! shard A lacks the matching debit, or a failover would create money. Replies do not wait for
 //! legs; a cross-shard transfer's credit is just later.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::writer::Deliver;
 
 /// How a primary waits for its standby.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +70,17 @@ pub struct ReplicationGate {
     lock: Mutex<()>,
     /// Called by the writer after each group commit (wakes the replication stream).
     commit_hook: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+    /// Query answers that show unreleased state, each with the sequence that must be released
+    /// first (see `writer::ReadView`); at most [`PARKED_READS_MAX`].
+    parked: Mutex<Vec<(u64, Deliver)>>,
+    parked_count: AtomicUsize,
+    /// Set when this primary learned that a newer primary exists: it refuses reads too.
+    fenced: AtomicBool,
 }
+
+/// Query answers waiting for a release, per shard; past it a read is refused (its asker sees
+/// the shard not answer) rather than holding memory for a standby that may never come back.
+pub const PARKED_READS_MAX: usize = 65_536;
 
 impl std::fmt::Debug for ReplicationGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +107,70 @@ impl ReplicationGate {
             changed: Condvar::new(),
             lock: Mutex::new(()),
             commit_hook: OnceLock::new(),
+            parked: Mutex::new(Vec::new()),
+            parked_count: AtomicUsize::new(0),
+            fenced: AtomicBool::new(false),
         }
+    }
+
+    /// Hands `deliver` over once every record up to `sequence` is released (at once if it
+    /// already is). Dropped, never called, past [`PARKED_READS_MAX`] or once fenced.
+    pub(crate) fn park(&self, sequence: u64, deliver: Deliver) {
+        if self.fenced() {
+            return;
+        }
+        {
+            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            if parked.len() >= PARKED_READS_MAX {
+                return;
+            }
+            parked.push((sequence, deliver));
+            self.parked_count.store(parked.len(), Ordering::Release);
+        }
+        // The releaser may have passed `sequence` while this was being parked.
+        if self.released() >= sequence {
+            self.deliver_released();
+        }
+    }
+
+    /// Query answers waiting for a release.
+    pub fn parked_reads(&self) -> usize {
+        self.parked_count.load(Ordering::Acquire)
+    }
+
+    fn deliver_released(&self) {
+        let released = self.released();
+        let ready: Vec<Deliver> = {
+            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ready = Vec::new();
+            let mut i = 0;
+            while i < parked.len() {
+                if parked[i].0 <= released {
+                    ready.push(parked.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            self.parked_count.store(parked.len(), Ordering::Release);
+            ready
+        };
+        for deliver in ready {
+            deliver();
+        }
+    }
+
+    /// This primary has been replaced: from now on it answers no reads (their answers may show
+    /// writes the new primary never had); waiting answers are dropped.
+    pub fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
+        let dropped = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        self.parked_count.store(0, Ordering::Release);
+        drop(dropped);
+        self.wake();
+    }
+
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     pub fn mode(&self) -> ReplicationMode {
@@ -234,6 +309,9 @@ impl ReplicationGate {
 
     pub(crate) fn mark_released(&self, sequence: u64) {
         self.released.fetch_max(sequence, Ordering::AcqRel);
+        if self.parked_count.load(Ordering::Acquire) > 0 {
+            self.deliver_released();
+        }
         let flushable = match self.mode {
             ReplicationMode::Off => sequence,
             _ if self.alone() => sequence,
@@ -246,6 +324,9 @@ impl ReplicationGate {
     pub(crate) fn mark_replicated(&self, sequence: u64) {
         self.released.fetch_max(sequence, Ordering::AcqRel);
         self.flushable.fetch_max(sequence, Ordering::AcqRel);
+        if self.parked_count.load(Ordering::Acquire) > 0 {
+            self.deliver_released();
+        }
     }
 
     /// An async primary carrying on without its standby.

@@ -24,8 +24,77 @@ use crate::reply::{BatchReply, CommandResult};
 /// Commands ahead of the one applied whose wallets are prefetched.
 const PREFETCH_DISTANCE: usize = 4;
 
-/// A query run on the writer thread between two batches.
-pub(crate) type QueryFn = Box<dyn FnOnce(&Engine) + Send>;
+/// A query run on the writer thread between two batches. It reads the engine through a
+/// [`ReadView`] and returns how to hand its answer over; the writer hands it over at once, or
+/// parks it at the replication gate until the state it read has been released.
+pub(crate) type QueryFn = Box<dyn FnOnce(&ReadView<'_>) -> Deliver + Send>;
+
+/// Hands a query's answer to whoever asked (a channel send).
+pub type Deliver = Box<dyn FnOnce() + Send>;
+
+/// The engine as a query sees it, and whether what the query read is released.
+///
+/// With a standby, a group commit is applied before the standby holds it, so the engine can
+/// show changes that a failover would erase. A query reports the change time of what it
+/// read ([`saw`](Self::saw)); anything changed at or after the oldest group commit not yet
+/// released makes its answer wait at the gate until that commit is released. Reads of state
+/// that no waiting commit touched are answered at once, so reads keep flowing while writes
+/// wait for a standby. (Batch timestamps never go back, so "changed before the oldest
+/// unreleased batch's time" means "changed by a released batch"; equal times are treated as
+/// unreleased.)
+pub struct ReadView<'a> {
+    engine: &'a Engine,
+    /// Timestamp of the oldest group commit not yet released (`None`: all released).
+    unreleased_since_ns: Option<u64>,
+    unreleased_seen: std::cell::Cell<bool>,
+}
+
+impl std::fmt::Debug for ReadView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView")
+            .field("unreleased_since_ns", &self.unreleased_since_ns)
+            .field("unreleased_seen", &self.unreleased_seen.get())
+            .finish()
+    }
+}
+
+impl<'a> ReadView<'a> {
+    pub(crate) fn new(engine: &'a Engine, unreleased_since_ns: Option<u64>) -> ReadView<'a> {
+        ReadView {
+            engine,
+            unreleased_since_ns,
+            unreleased_seen: std::cell::Cell::new(false),
+        }
+    }
+
+    pub fn engine(&self) -> &'a Engine {
+        self.engine
+    }
+
+    /// The answer shows state last changed at `changed_at_ns` (a wallet's `updated_at_ns`, an
+    /// idempotency record's time).
+    pub fn saw(&self, changed_at_ns: u64) {
+        if self
+            .unreleased_since_ns
+            .is_some_and(|since| changed_at_ns >= since)
+        {
+            self.unreleased_seen.set(true);
+        }
+    }
+
+    /// The answer shows state whose change time is not known (e.g. a hold that is gone): it
+    /// waits whenever anything is unreleased.
+    pub fn saw_unknown(&self) {
+        if self.unreleased_since_ns.is_some() {
+            self.unreleased_seen.set(true);
+        }
+    }
+
+    /// True when the answer must wait for the release of the newest commit.
+    pub fn shows_unreleased(&self) -> bool {
+        self.unreleased_seen.get()
+    }
+}
 
 pub(crate) enum Request {
     /// Client commands of this shard, each with its index in the client's batch.
@@ -96,6 +165,44 @@ pub struct ShardStats {
     pub snapshot_sequence: Arc<AtomicU64>,
     /// Sequence of the last record the snapshot replica applied.
     pub replica_sequence: Arc<AtomicU64>,
+    /// The engine's counters as of the last batch, published by the writer so that a status
+    /// query never waits for the writer thread (operators ask exactly when it is stuck).
+    pub engine: EngineCounters,
+    /// True while client writes are refused as busy because group commits wait at the
+    /// replication gate (the release queue is full): reads still flow.
+    pub writes_held: AtomicBool,
+}
+
+/// Engine counters a shard writer publishes after each batch (see [`ShardStats::engine`]).
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    pub last_timestamp_ns: AtomicU64,
+    pub wallets: AtomicU64,
+    pub open_holds: AtomicU64,
+    pub transfers_in_flight: AtomicU64,
+    pub idempotency_entries: AtomicU64,
+    pub idempotency_evicted_early: AtomicU64,
+}
+
+impl EngineCounters {
+    pub(crate) fn publish(&self, engine: &Engine) {
+        let store = |counter: &AtomicU64, value: u64| counter.store(value, Ordering::Relaxed);
+        store(&self.last_timestamp_ns, engine.last_timestamp_ns());
+        store(&self.wallets, engine.wallet_count() as u64);
+        store(&self.open_holds, engine.open_hold_count() as u64);
+        store(
+            &self.transfers_in_flight,
+            engine.transfers_in_flight() as u64,
+        );
+        store(
+            &self.idempotency_entries,
+            engine.idempotency_entries() as u64,
+        );
+        store(
+            &self.idempotency_evicted_early,
+            engine.idempotency_evicted_early(),
+        );
+    }
 }
 
 /// Upper bounds (µs) of the commit-latency buckets; the last bucket is everything above.
@@ -151,6 +258,11 @@ pub(crate) struct ShardWriter {
     pub primary: bool,
     /// Sequences other consumers still need (the Postgres flusher): retention keeps them.
     pub retention_floors: Arc<std::sync::Mutex<Vec<Arc<AtomicU64>>>>,
+    /// Group commits handed to the releaser and not yet released: (last sequence, batch
+    /// timestamp), oldest first. At most the release queue's size plus one turn's batch.
+    pub unreleased: std::collections::VecDeque<(u64, u64)>,
+    /// Set for a turn in which the release queue is full: client writes are answered busy.
+    pub writes_held: bool,
 }
 
 fn now_ns() -> u64 {
@@ -168,10 +280,30 @@ impl ShardWriter {
         let mut effects = Effects::default();
         let mut payload = Vec::with_capacity(4096);
         let mut open = true;
+        self.stats.engine.publish(&self.shard.engine);
         while open {
+            // With the release queue full (a standby that does not acknowledge), this turn
+            // takes no writes: client commands are answered busy, legs wait in their channel,
+            // and queries go on being answered. The writer itself never blocks on the queue.
+            self.writes_held = self.releaser.as_ref().is_some_and(|r| r.is_full());
+            self.stats
+                .writes_held
+                .store(self.writes_held, Ordering::Relaxed);
             // Wait for the first piece of work. A standby takes only its ring (replicated
             // records, queries, promotion): ticks and legs belong to a primary.
-            if !self.primary {
+            if self.writes_held {
+                match self.ring.recv_timeout(self.config.tick_interval) {
+                    Ok(request) => self.take(
+                        request,
+                        &mut commands,
+                        &mut origins,
+                        &mut parts,
+                        &mut queries,
+                    ),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => open = false,
+                }
+            } else if !self.primary {
                 match self.ring.recv() {
                     Ok(request) => self.take(
                         request,
@@ -204,7 +336,10 @@ impl ShardWriter {
             }
             // Drain what else is waiting, up to the batch limit: legs first (they settle money
             // already in flight), then client requests.
-            while self.primary && commands.len() < self.config.batch_commands_max {
+            while self.primary
+                && !self.writes_held
+                && commands.len() < self.config.batch_commands_max
+            {
                 match self.internal.try_recv() {
                     Ok(leg) => {
                         commands.push(leg);
@@ -229,8 +364,13 @@ impl ShardWriter {
                     }
                 }
             }
-            for query in queries.drain(..) {
-                query(&self.shard.engine);
+            self.answer(&mut queries);
+            if commands.is_empty() && parts.is_empty() {
+                // A turn of queries only: nothing to release (queuing an empty release here
+                // once filled the release queue behind a missing standby and hung the reads).
+                commands.clear();
+                origins.clear();
+                continue;
             }
             let mut release = Release {
                 last_sequence: self.shard.journal.durable_sequence(),
@@ -268,6 +408,7 @@ impl ShardWriter {
             }
             commands.clear();
             origins.clear();
+            self.stats.engine.publish(&self.shard.engine);
             self.retire();
         }
         // Graceful end: the last batch was committed above; legs still queued for this shard
@@ -276,6 +417,34 @@ impl ShardWriter {
             && let Err(error) = snapshotter.stop()
         {
             tracing::warn!(%error, "snapshotter stopped with an error");
+        }
+    }
+
+    /// Runs the turn's queries against the engine as it stands; an answer that shows state
+    /// not yet released waits at the gate for the newest commit's release (see [`ReadView`]).
+    fn answer(&mut self, queries: &mut Vec<QueryFn>) {
+        if queries.is_empty() {
+            return;
+        }
+        let released = self.gate.released();
+        while self
+            .unreleased
+            .front()
+            .is_some_and(|(last, _)| *last <= released)
+        {
+            self.unreleased.pop_front();
+        }
+        let since = self.unreleased.front().map(|(_, timestamp)| *timestamp);
+        let last_sequence = self.shard.engine.last_sequence();
+        for query in queries.drain(..) {
+            let view = ReadView::new(&self.shard.engine, since);
+            let deliver = query(&view);
+            if view.shows_unreleased() {
+                debug_assert!(last_sequence > released);
+                self.gate.park(last_sequence, deliver);
+            } else {
+                deliver();
+            }
         }
     }
 
@@ -424,6 +593,15 @@ impl ShardWriter {
             Request::Submit {
                 commands: submitted,
                 reply,
+            } if self.writes_held => {
+                for (index, _) in submitted {
+                    reply.set(index, CommandResult::Busy);
+                }
+                reply.part_done();
+            }
+            Request::Submit {
+                commands: submitted,
+                reply,
             } => {
                 for (index, command) in submitted {
                     commands.push(command);
@@ -531,6 +709,13 @@ impl ShardWriter {
         effects.clear();
         let last = first + commands.len() as u64 - 1;
         release.last_sequence = last;
+        if self.releaser.is_some() {
+            let released = self.gate.released();
+            while self.unreleased.front().is_some_and(|(l, _)| *l <= released) {
+                self.unreleased.pop_front();
+            }
+            self.unreleased.push_back((last, timestamp_ns));
+        }
         self.gate.committed(last);
         self.stats.last_sequence.store(last, Ordering::Release);
         self.stats

@@ -319,3 +319,207 @@ fn sync_replies_wait_for_the_standby_and_a_promoted_standby_takes_over() {
     let _ = std::fs::remove_dir_all(primary_dir);
     let _ = std::fs::remove_dir_all(standby_dir);
 }
+
+/// Acknowledges, on every shard, everything the primary has made durable (a standby that
+/// holds it all), until `receiver` yields.
+fn release_until<T>(primary: &Sequencer, receiver: &crossbeam_channel::Receiver<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        for shard in 0..primary.shard_count() {
+            let durable = primary.durable_watermark(shard).load(Ordering::Acquire);
+            primary.gate(shard).acknowledge(durable);
+        }
+        if let Ok(value) = receiver.recv_timeout(Duration::from_millis(5)) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "never released");
+    }
+}
+
+/// A wallet's available balance as a client reads it (`read_with`): `None` when no answer
+/// came within `wait`.
+fn read_balance(primary: &Sequencer, wallet: WalletId, wait: Duration) -> Option<i128> {
+    let (sender, receiver) = crossbeam_channel::bounded(1);
+    primary
+        .read_with(
+            wallet.shard(),
+            move |view| {
+                let found = view.engine().wallet(wallet).expect("wallet");
+                view.saw(found.updated_at_ns);
+                found.available
+            },
+            move |available| {
+                let _ = sender.send(available);
+            },
+        )
+        .expect("read taken");
+    receiver.recv_timeout(wait).ok()
+}
+
+/// A sync primary whose standby is away (issue 14, items 2 and 3): writes wait, reads keep
+/// flowing. A query once queued a release in the writer like a group commit; ~4,096 of them
+/// filled the release queue behind the unacknowledged write and every later query hung. Now
+/// queries never queue a release, a full release queue refuses writes as busy instead of
+/// blocking the writer, a client's read of a wallet the waiting write changed waits for its
+/// release (a client never reads money a failover can erase), and a read of any other wallet
+/// is answered at once.
+#[test]
+fn reads_flow_and_show_only_released_state_while_writes_wait_for_the_standby() {
+    let dir = data_dir("reads-flow");
+    let mut config = config(&dir, ReplicationMode::Sync, false);
+    // Thousands of group commits below: the page cache is enough for this test.
+    config.journal.durability = paycore_journal::Durability::None;
+    let primary = Sequencer::start(config).expect("primary");
+    let register = primary.submit(vec![client(
+        "register",
+        Op::RegisterCurrency {
+            code: usd(),
+            scale: 2,
+        },
+    )]);
+    release_until(&primary, &register);
+    // Wallets on shard 0 only.
+    let mut wallets = Vec::new();
+    for user in 1..=40u128 {
+        let opened = primary.submit(vec![client(
+            &format!("open-{user}"),
+            Op::OpenWallet {
+                user: UserId(user),
+                currency: usd(),
+            },
+        )]);
+        let results = release_until(&primary, &opened);
+        let CommandResult::Outcome(Outcome::Ok(paycore_engine::Applied::WalletOpened(wallet))) =
+            results[0]
+        else {
+            panic!("open: {results:?}")
+        };
+        if wallet.shard() == 0 {
+            wallets.push(wallet);
+        }
+    }
+    let (a, b, c) = (wallets[0], wallets[1], wallets[2]);
+    let funded = primary.submit(vec![client(
+        "fund",
+        Op::Deposit {
+            wallet: a,
+            amount: 1_000,
+            currency: usd(),
+        },
+    )]);
+    release_until(&primary, &funded);
+    assert_eq!(read_balance(&primary, a, WAIT), Some(1_000));
+
+    // The standby is away from here on: one write waits for it.
+    let waiting = primary.submit(vec![client(
+        "t-1",
+        Op::Transfer {
+            from: a,
+            to: b,
+            amount: 300,
+            currency: usd(),
+        },
+    )]);
+    assert!(waiting.recv_timeout(Duration::from_millis(200)).is_err());
+
+    // Far more queries than the release queue holds: every one is answered.
+    for n in 0..10_000u32 {
+        let last = primary.query(0, Duration::from_secs(5), |engine| engine.last_sequence());
+        assert!(last.is_some(), "query {n} hung behind the waiting write");
+    }
+    // A client's read of a wallet the waiting write touched waits for its release; a read
+    // of an untouched wallet is answered at once.
+    assert_eq!(read_balance(&primary, c, WAIT), Some(0));
+    let (sender, parked) = crossbeam_channel::bounded(1);
+    primary
+        .read_with(
+            a.shard(),
+            move |view| {
+                let found = view.engine().wallet(a).expect("wallet");
+                view.saw(found.updated_at_ns);
+                found.available
+            },
+            move |available| {
+                let _ = sender.send(available);
+            },
+        )
+        .expect("read taken");
+    assert!(
+        parked.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a read showed a transfer the standby does not hold"
+    );
+    assert_eq!(primary.gate(0).parked_reads(), 1);
+
+    // Writes beyond the release queue's room are refused as busy, at once; reads go on.
+    let mut n = 0u32;
+    while !primary.stats(0).writes_held.load(Ordering::Acquire) {
+        assert!(n < 20_000, "the release queue never filled");
+        let _ = primary.submit_wait(
+            vec![client(
+                &format!("more-{n}"),
+                Op::Deposit {
+                    wallet: c,
+                    amount: 1,
+                    currency: usd(),
+                },
+            )],
+            Duration::from_millis(1),
+        );
+        n += 1;
+    }
+    let refused = primary
+        .submit_wait(
+            vec![client(
+                "over",
+                Op::Deposit {
+                    wallet: c,
+                    amount: 1,
+                    currency: usd(),
+                },
+            )],
+            WAIT,
+        )
+        .expect("answered at once, not held");
+    assert_eq!(refused, vec![CommandResult::Busy]);
+    assert!(
+        primary
+            .query(0, Duration::from_secs(5), |e| e.last_sequence())
+            .is_some()
+    );
+    let untouched = wallets[3];
+    assert_eq!(
+        read_balance(&primary, untouched, Duration::from_secs(5)),
+        Some(0),
+        "a wallet no waiting write touched is read at once"
+    );
+
+    // The standby returns: the write and the waiting read are released together.
+    let results = release_until(&primary, &waiting);
+    assert!(matches!(results[0], CommandResult::Outcome(Outcome::Ok(_))));
+    assert_eq!(parked.recv_timeout(WAIT).ok(), Some(700));
+    assert_eq!(read_balance(&primary, a, WAIT), Some(700));
+
+    // Fenced (a newer primary exists): no reads, no writes.
+    primary.fence();
+    assert!(primary.is_fenced());
+    assert_eq!(
+        primary.read_with(0, |_| (), |_| ()),
+        Err(CommandResult::ShardUnavailable)
+    );
+    let refused = primary
+        .submit_wait(
+            vec![client(
+                "late",
+                Op::Deposit {
+                    wallet: c,
+                    amount: 1,
+                    currency: usd(),
+                },
+            )],
+            WAIT,
+        )
+        .expect("answered");
+    assert_eq!(refused, vec![CommandResult::ShardUnavailable]);
+    primary.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
