@@ -34,6 +34,15 @@ pub struct Claims {
     pub exp: i64,
     pub jti: String,
     pub aud: String,
+    /// The user's token generation when issued: a token of an older generation is refused
+    /// (logout, a stolen refresh token and a role taken away bump it; see `extract`). A token
+    /// from before generations counts as generation 0.
+    #[serde(rename = "gen", default)]
+    pub generation: i64,
+    /// When the session proved a TOTP code (unix s): set only by `verify-2fa`, never by a
+    /// refresh. Admin routes need it (see `extract::AdminUser`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_at: Option<i64>,
 }
 
 /// Signs and checks tokens with one HMAC key.
@@ -196,6 +205,8 @@ mod tests {
             exp,
             jti: "j".into(),
             aud: "paycore".into(),
+            generation: 0,
+            otp_at: None,
         }
     }
 

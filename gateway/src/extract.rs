@@ -10,13 +10,20 @@ use crate::Shared;
 use crate::auth::Claims;
 use crate::error::ApiError;
 use crate::ratelimit::Scope;
-use crate::users::parse_tier;
+use crate::users::{Role, Session, parse_tier};
+
+/// Longest time since an admin's session proved a TOTP code, in seconds: an admin action
+/// needs a session logged in with a code within this (the default access token's life).
+pub const ADMIN_TWO_FACTOR_AGE_SECS_MAX: i64 = 900;
 
 /// The caller, from a valid, unrevoked access token.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub claims: Claims,
     pub tier: paycore_engine::Tier,
+    /// Read from the store for this request: the role and 2FA as they are now, not as when
+    /// the token was issued.
+    pub session: Session,
 }
 
 impl AuthUser {
@@ -30,15 +37,26 @@ impl AuthUser {
     }
 
     pub fn is_admin(&self) -> bool {
-        self.claims.role == "admin"
+        self.session.role == Role::Admin
     }
 
+    /// Every admin action: the admin role in the store now, 2FA enabled, and a session that
+    /// proved a TOTP code (`verify-2fa`) at most [`ADMIN_TWO_FACTOR_AGE_SECS_MAX`] ago.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("admin role required"))
+        if !self.is_admin() {
+            return Err(ApiError::forbidden("admin role required"));
         }
+        let proved = self.claims.otp_at.is_some_and(|at| {
+            crate::time::now_secs().saturating_sub(at) <= ADMIN_TWO_FACTOR_AGE_SECS_MAX
+        });
+        if !self.session.totp_enabled || !proved {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "two_factor_required",
+                "admin actions need a login with a 2FA code (verify-2fa) in the last 15 minutes",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -68,20 +86,37 @@ pub async fn authenticate(state: &Shared, token: &str) -> Result<AuthUser, ApiEr
     if uuid::Uuid::parse_str(&claims.sub).is_err() {
         return Err(ApiError::unauthorized("access token has a bad subject"));
     }
-    if state
-        .store
-        .is_revoked(&claims.jti)
-        .await
-        .map_err(store_error)?
-    {
-        return Err(ApiError::new(
+    let session = check_session(state, &claims).await?;
+    state.limiter.check(Scope::Tier, &claims.sub, tier).await?;
+    Ok(AuthUser {
+        claims,
+        tier,
+        session,
+    })
+}
+
+/// Whether the token still stands in the store: its user exists, its generation is the user's
+/// current one (a logout, a stolen refresh token or a role taken away ends every token issued
+/// before, on every gateway at once) and its own id is not revoked. One primary-key lookup,
+/// on every request (no cache: a revocation holds from the next request on).
+pub async fn check_session(state: &Shared, claims: &Claims) -> Result<Session, ApiError> {
+    let revoked = || {
+        ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "token_revoked",
             "access token was revoked (logged out)",
-        ));
+        )
+    };
+    let session = state
+        .store
+        .session(&claims.sub, &claims.jti)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+    if session.jti_revoked || claims.generation != session.token_generation {
+        return Err(revoked());
     }
-    state.limiter.check(Scope::Tier, &claims.sub, tier).await?;
-    Ok(AuthUser { claims, tier })
+    Ok(session)
 }
 
 /// The client's address (for limits on unauthenticated routes).

@@ -45,6 +45,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_cli;
 pub mod auth;
 pub mod core;
 pub mod error;
@@ -141,8 +142,14 @@ pub struct GatewayArgs {
         default_value = "USD:2,EUR:2,GBP:2,JPY:0,BTC:8,ETH:18"
     )]
     pub currencies: String,
-    /// E-mail addresses that get the admin role when they register, comma-separated.
-    #[arg(long, env = "PAYCORE_GATEWAY_ADMIN_EMAILS", default_value = "")]
+    /// Removed: it made whoever registered first with one of these e-mails an admin. Admins
+    /// are created with `paycore admin create`; a gateway given this refuses to start.
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_ADMIN_EMAILS",
+        default_value = "",
+        hide = true
+    )]
     pub admin_emails: String,
     /// Redis shared by every gateway for rate limits, e.g. redis://127.0.0.1:6379 (without
     /// it each gateway counts on its own).
@@ -264,7 +271,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limiter: Limiter,
     pub webhook_key: Option<ring::hmac::Key>,
-    pub admin_emails: Vec<String>,
     /// Currencies the gateway registered: code -> scale.
     pub currencies: BTreeMap<CurrencyCode, u8>,
     /// A valid argon2id hash of nothing in particular: login verifies against it when the
@@ -318,6 +324,13 @@ fn client_config(args: &GatewayArgs) -> ClientConfig {
 /// Builds the state (store opened, schema created) without serving.
 pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if !args.admin_emails.trim().is_empty() {
+        return Err(
+            "--admin-emails (PAYCORE_GATEWAY_ADMIN_EMAILS) is no longer supported: \
+                    admins are created with `paycore admin create` (docs/security.md)"
+                .into(),
+        );
+    }
     let store = match &args.postgres_url {
         Some(url) => Store::postgres(url, args.postgres_schema.as_deref()).await,
         None => Store::sqlite(&args.sqlite).await,
@@ -364,12 +377,6 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
             .webhook_secret
             .as_ref()
             .map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())),
-        admin_emails: args
-            .admin_emails
-            .split(',')
-            .map(|e| e.trim().to_ascii_lowercase())
-            .filter(|e| !e.is_empty())
-            .collect(),
         currencies,
         dummy_hash,
         events: events::Hub::default(),

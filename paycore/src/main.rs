@@ -4,6 +4,7 @@
 //! snapshots, QUIC listener), `snapshot` (offline), `demo` (an in-process engine session) and a
 //! hidden `torture` child for crash tests. Each subcommand's `--help` explains its flags.
 
+mod admin_command;
 mod config_file;
 mod flush_command;
 mod gateway_command;
@@ -49,6 +50,9 @@ enum Action {
     /// Run the HTTP gateway (REST API, auth, rate limits) in front of a core node. Every flag
     /// also reads an environment variable (PAYCORE_GATEWAY_…; DATABASE_URL for PostgreSQL).
     Gateway(gateway_command::GatewayArgs),
+    /// Make or unmake a gateway admin in the gateway's store (the only way to get the role):
+    /// `create` (password on stdin), `grant`, `revoke`. Admin actions also need 2FA.
+    Admin(admin_command::AdminArgs),
     /// Show a running node's role, epoch, shards and replication (standby lag, or lag behind
     /// the primary).
     Status(operator_command::StatusArgs),
@@ -91,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Action::Node(args) => report(node::run_node(args)),
         Action::Demo => demo(),
         Action::Gateway(args) => report(gateway_command::run(args)),
+        Action::Admin(args) => report(admin_command::run(args)),
         Action::Snapshot(args) => report(snapshot_command::run(args)),
         Action::Status(args) => report(operator_command::status(args)),
         Action::Promote(args) => report(operator_command::promote(args)),

@@ -37,6 +37,27 @@ use crate::routes::wallets::{owned_wallet, parse_wallet_id};
 /// clients).
 pub const SESSION_REVOKED: &str = "session.revoked";
 
+/// How often an open stream checks its token in the store again (a logout or a stolen
+/// refresh token through another gateway ends the stream within this), in seconds.
+pub const SESSION_CHECK_SECS: u64 = 10;
+
+/// Whether a `session.revoked` notification ends a stream opened with `user`'s token: its own
+/// logout, or a newer token generation (every token of the user ended).
+fn revokes(n: &Notification, user: &AuthUser) -> bool {
+    n.data["jti"] == user.claims.jti.as_str()
+        || n.data["generation"]
+            .as_i64()
+            .is_some_and(|g| g > user.claims.generation)
+}
+
+/// Whether the stream's token still stands in the store (an unreachable store keeps it open).
+async fn still_valid(state: &Shared, user: &AuthUser) -> bool {
+    match crate::extract::check_session(state, &user.claims).await {
+        Ok(_) => true,
+        Err(e) => e.status != axum::http::StatusCode::UNAUTHORIZED,
+    }
+}
+
 /// Longest client message on a WebSocket, in bytes.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
 /// Most wallets one WebSocket subscribes to.
@@ -132,8 +153,21 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
     let mut wallets: HashSet<WalletId> = HashSet::new();
     let mut transactions = false;
     let expiry = token_expiry(&user);
+    let mut check = tokio::time::interval(Duration::from_secs(SESSION_CHECK_SECS));
+    check.tick().await;
     loop {
         tokio::select! {
+            _ = check.tick() => {
+                if !still_valid(&state, &user).await {
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 4001,
+                            reason: "access token revoked".into(),
+                        })))
+                        .await;
+                    break;
+                }
+            }
             () = tokio::time::sleep_until(expiry) => {
                 // The token this stream was opened with is no longer valid: close, the client
                 // reconnects with a fresh one.
@@ -163,7 +197,7 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             event = events.recv() => {
                 let message = match event {
                     Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
-                        if n.data["jti"] == user.claims.jti.as_str() {
+                        if revokes(&n, &user) {
                             let _ = socket
                                 .send(Message::Close(Some(axum::extract::ws::CloseFrame {
                                     code: 4001,
@@ -273,34 +307,45 @@ pub async fn sse(
     let me = user.engine_user();
     let open = Open::new(state.metrics.clone(), false);
     let receiver = state.events.subscribe();
-    let jti = user.claims.jti.clone();
     let expiry = token_expiry(&user);
+    let mut check = tokio::time::interval(Duration::from_secs(SESSION_CHECK_SECS));
+    check.tick().await;
     let stream = futures_util::stream::unfold(
-        (receiver, open, jti),
-        move |(mut receiver, open, jti)| async move {
-            loop {
-                // The stream ends when its access token expires; the client reconnects.
-                let received = tokio::select! {
-                    () = tokio::time::sleep_until(expiry) => return None,
-                    received = receiver.recv() => received,
-                };
-                let event = match received {
-                    Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
-                        if n.data["jti"] == jti.as_str() {
+        (receiver, open, user, check),
+        move |(mut receiver, open, user, mut check)| {
+            let state = state.clone();
+            async move {
+                loop {
+                    // The stream ends when its access token expires or is revoked; the client
+                    // reconnects.
+                    let received = tokio::select! {
+                        () = tokio::time::sleep_until(expiry) => return None,
+                        _ = check.tick() => {
+                            if still_valid(&state, &user).await {
+                                continue;
+                            }
                             return None;
                         }
-                        continue;
-                    }
-                    Ok(n) if n.user == me => {
-                        SseEvent::default().event(n.kind).data(n.data.to_string())
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => SseEvent::default()
-                        .event("notification")
-                        .data(json!({"type": "events.lagged", "missed": missed}).to_string()),
-                    Err(RecvError::Closed) => return None,
-                };
-                return Some((Ok::<_, Infallible>(event), (receiver, open, jti)));
+                        received = receiver.recv() => received,
+                    };
+                    let event = match received {
+                        Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
+                            if revokes(&n, &user) {
+                                return None;
+                            }
+                            continue;
+                        }
+                        Ok(n) if n.user == me => {
+                            SseEvent::default().event(n.kind).data(n.data.to_string())
+                        }
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(missed)) => SseEvent::default()
+                            .event("notification")
+                            .data(json!({"type": "events.lagged", "missed": missed}).to_string()),
+                        Err(RecvError::Closed) => return None,
+                    };
+                    return Some((Ok::<_, Infallible>(event), (receiver, open, user, check)));
+                }
             }
         },
     );

@@ -30,7 +30,7 @@ struct Register {
     full_name: String,
 }
 
-fn valid_email(email: &str) -> Result<String, ApiError> {
+pub(crate) fn valid_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim().to_ascii_lowercase();
     let ok = email.len() <= EMAIL_BYTES_MAX
         && email.is_ascii()
@@ -50,7 +50,7 @@ fn valid_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
-fn valid_name(name: &str) -> Result<String, ApiError> {
+pub(crate) fn valid_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
         return Err(ApiError::unprocessable(
@@ -59,6 +59,16 @@ fn valid_name(name: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+pub(crate) fn valid_password(password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < PASSWORD_CHARS_MIN || password.len() > PASSWORD_BYTES_MAX {
+        return Err(ApiError::unprocessable(
+            "password_invalid",
+            format!("password has {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn profile(user: &User) -> serde_json::Value {
@@ -93,18 +103,9 @@ pub async fn register(
     let request: Register = json(&body)?;
     let email = valid_email(&request.email)?;
     let full_name = valid_name(&request.full_name)?;
-    let length = request.password.chars().count();
-    if length < PASSWORD_CHARS_MIN || request.password.len() > PASSWORD_BYTES_MAX {
-        return Err(ApiError::unprocessable(
-            "password_invalid",
-            format!("password has {PASSWORD_CHARS_MIN} to {PASSWORD_BYTES_MAX} bytes"),
-        ));
-    }
-    let role = if state.admin_emails.contains(&email) {
-        Role::Admin
-    } else {
-        Role::User
-    };
+    valid_password(&request.password)?;
+    // Never an admin: admins are made by an operator (`paycore admin`), not by an e-mail.
+    let role = Role::User;
     let now = now_ms();
     let user = User {
         id: auth::random_uuid().to_string(),
@@ -116,6 +117,7 @@ pub async fn register(
         totp_secret: None,
         totp_enabled: false,
         created_at_ms: now,
+        token_generation: 0,
     };
     match state.store.create_user(&user).await {
         Ok(()) => Ok((StatusCode::CREATED, Json(profile(&user)))),
@@ -134,11 +136,13 @@ struct Login {
     password: String,
 }
 
-/// An access token and a new refresh token in `family`.
+/// An access token and a new refresh token in `family`; `otp_at` when the session just
+/// proved a TOTP code.
 async fn issue_tokens(
     state: &Shared,
     user: &User,
     family: &str,
+    otp_at: Option<i64>,
 ) -> Result<serde_json::Value, ApiError> {
     let now = now_secs();
     let claims = Claims {
@@ -150,6 +154,8 @@ async fn issue_tokens(
         exp: now + state.args.access_token_secs,
         jti: auth::random_uuid().to_string(),
         aud: state.jwt.audience.clone(),
+        generation: user.token_generation,
+        otp_at,
     };
     let refresh = auth::random_token();
     state
@@ -220,6 +226,8 @@ pub async fn login(
             exp: now + CHALLENGE_SECS,
             jti: auth::random_uuid().to_string(),
             aud: state.challenge_jwt.audience.clone(),
+            generation: user.token_generation,
+            otp_at: None,
         };
         return Ok(Json(json!({
             "two_factor_required": true,
@@ -228,7 +236,7 @@ pub async fn login(
         })));
     }
     let family = auth::random_uuid().to_string();
-    Ok(Json(issue_tokens(&state, &user, &family).await?))
+    Ok(Json(issue_tokens(&state, &user, &family, None).await?))
 }
 
 /// Lifetime of a login's 2FA challenge, in seconds.
@@ -313,7 +321,9 @@ pub async fn verify_two_factor(
         return Err(code_invalid());
     }
     let family = auth::random_uuid().to_string();
-    Ok(Json(issue_tokens(&state, &user, &family).await?))
+    Ok(Json(
+        issue_tokens(&state, &user, &family, Some(now_secs())).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -441,14 +451,15 @@ pub async fn refresh(
         .await
         .map_err(store_error)?
         .ok_or_else(invalid)?;
-    Ok(Json(issue_tokens(&state, &user, &family).await?))
+    // A refreshed token proves no code: it never carries `otp_at`.
+    Ok(Json(issue_tokens(&state, &user, &family, None).await?))
 }
 
 #[utoipa::path(
     post,
     path = "/api/v1/users/logout",
     tag = "users",
-    summary = "Revoke this access token and every refresh token",
+    summary = "Log out everywhere: every access and refresh token of the caller ends",
     responses((status = 204, description = "logged out"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
@@ -466,12 +477,19 @@ pub async fn logout(
         .revoke_user_refresh_tokens(user.id())
         .await
         .map_err(store_error)?;
-    // Streams this gateway holds open with that token end now (others at their token's expiry).
+    // Every access token of the user ends, on every gateway (they all read the generation).
+    let generation = state
+        .store
+        .bump_token_generation(user.id())
+        .await
+        .map_err(store_error)?;
+    // Streams this gateway holds open for the user end now; other gateways' streams at their
+    // next check (see `stream`).
     state.events.publish(crate::events::Notification {
         user: user.engine_user(),
         kind: crate::routes::stream::SESSION_REVOKED,
         wallet: None,
-        data: json!({ "jti": user.claims.jti }),
+        data: json!({ "jti": user.claims.jti, "generation": generation }),
     });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL,
     full_name TEXT NOT NULL, role TEXT NOT NULL, tier TEXT NOT NULL,
     totp_secret TEXT, totp_enabled BIGINT NOT NULL DEFAULT 0,
-    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+    token_generation BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, family TEXT NOT NULL,
     expires_at BIGINT NOT NULL, used BIGINT NOT NULL DEFAULT 0,
@@ -49,13 +50,19 @@ CREATE TABLE IF NOT EXISTS provider_events (
     state TEXT NOT NULL, status BIGINT, body TEXT, received_at BIGINT NOT NULL);
 ";
 
-/// Tables of the PostgreSQL engine: the same, with an identity column for `seq`.
+/// Tables of the PostgreSQL engine: the same, with an identity column for `seq`, and the
+/// columns added since the first schema for stores created before them.
 fn schema_postgres() -> String {
     SCHEMA_SQLITE.replace(
         "seq INTEGER PRIMARY KEY AUTOINCREMENT",
         "seq BIGSERIAL PRIMARY KEY",
-    )
+    ) + "ALTER TABLE users ADD COLUMN IF NOT EXISTS token_generation BIGINT NOT NULL DEFAULT 0;"
 }
+
+/// The SQLite engine's columns added since the first schema (SQLite has no `ADD COLUMN IF
+/// NOT EXISTS`): (table, column, definition).
+const ADDED_COLUMNS_SQLITE: [(&str, &str, &str); 1] =
+    [("users", "token_generation", "BIGINT NOT NULL DEFAULT 0")];
 
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +115,12 @@ pub struct User {
     pub totp_secret: Option<String>,
     pub totp_enabled: bool,
     pub created_at_ms: i64,
+    /// Access tokens carry the generation they were issued in; bumping it ends them all.
+    pub token_generation: i64,
 }
 
 const USER_COLUMNS: &str = "id, email, password_hash, full_name, role, tier, totp_secret, \
-                            totp_enabled, created_at";
+                            totp_enabled, created_at, token_generation";
 
 fn text(row: &Row, i: usize) -> Result<String, StoreError> {
     row.get(i)
@@ -141,7 +150,18 @@ fn user_of(row: &Row) -> Result<User, StoreError> {
         totp_secret: opt_text(row, 6),
         totp_enabled: int(row, 7)? != 0,
         created_at_ms: int(row, 8)?,
+        token_generation: int(row, 9)?,
     })
+}
+
+/// What every authenticated request reads about its user, in one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub token_generation: i64,
+    pub role: Role,
+    pub totp_enabled: bool,
+    /// The token's own id was revoked.
+    pub jti_revoked: bool,
 }
 
 /// What presenting a refresh token did.
@@ -251,6 +271,20 @@ impl Store {
     pub async fn sqlite(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sqlite::Sqlite::open(path)?;
         db.batch(SCHEMA_SQLITE).await?;
+        for (table, column, definition) in ADDED_COLUMNS_SQLITE {
+            let present = db
+                .query(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    vec![column.into()],
+                )
+                .await?;
+            if present.first().and_then(|r| r.first()).and_then(Val::int) == Some(0) {
+                db.batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))
+                .await?;
+            }
+        }
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -399,7 +433,10 @@ impl Store {
             )
             .await?;
         if int(row, 3)? != 0 || spent == 0 {
+            // Two holders of one token: one is a thief. End the family and every access token
+            // of the user (the thief's among them).
             self.revoke_family(&family).await?;
+            self.bump_token_generation(&user_id).await?;
             return Ok(RefreshUse::Reused);
         }
         Ok(RefreshUse::Rotated { user_id, family })
@@ -437,6 +474,60 @@ impl Store {
             Ok(_) | Err(StoreError::Duplicate) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The user's current token generation, role and 2FA, and whether `jti` is revoked: one
+    /// primary-key lookup per request. `None` when the user no longer exists.
+    pub async fn session(&self, user_id: &str, jti: &str) -> Result<Option<Session>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT token_generation, role, totp_enabled, \
+                 (SELECT COUNT(*) FROM revoked_tokens WHERE jti = ?2) FROM users WHERE id = ?1",
+                vec![user_id.into(), jti.into()],
+            )
+            .await?;
+        rows.first()
+            .map(|row| {
+                Ok(Session {
+                    token_generation: int(row, 0)?,
+                    role: Role::parse(&text(row, 1)?)
+                        .ok_or_else(|| StoreError::Other("bad role".into()))?,
+                    totp_enabled: int(row, 2)? != 0,
+                    jti_revoked: int(row, 3)? != 0,
+                })
+            })
+            .transpose()
+    }
+
+    /// Ends every access token issued to the user so far (logout, a stolen refresh token, a
+    /// role taken away): the new generation.
+    pub async fn bump_token_generation(&self, user_id: &str) -> Result<i64, StoreError> {
+        self.db
+            .execute(
+                "UPDATE users SET token_generation = token_generation + 1 WHERE id = ?1",
+                vec![user_id.into()],
+            )
+            .await?;
+        let rows = self
+            .db
+            .query(
+                "SELECT token_generation FROM users WHERE id = ?1",
+                vec![user_id.into()],
+            )
+            .await?;
+        rows.first().map_or(Ok(0), |row| int(row, 0))
+    }
+
+    /// Sets a user's role (the operator's `paycore admin`); false if there is no such user.
+    pub async fn set_role(&self, id: &str, role: Role, now: i64) -> Result<bool, StoreError> {
+        self.db
+            .execute(
+                "UPDATE users SET role = ?2, updated_at = ?3 WHERE id = ?1",
+                vec![id.into(), role.as_str().into(), now.into()],
+            )
+            .await
+            .map(|changed| changed > 0)
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
