@@ -166,8 +166,8 @@ pub struct GatewayArgs {
     /// be enrolled (its routes answer 503 `two_factor_unconfigured`).
     #[arg(long, env = "PAYCORE_GATEWAY_TOTP_KEY", hide_env_values = true)]
     pub totp_key: Option<String>,
-    /// Transfers above these amounts need a 2FA code (header `X-2FA-Code`); users without 2FA
-    /// cannot make them. `CODE:AMOUNT` per currency and/or a bare amount for the others, e.g.
+    /// Sends and withdrawals (every route that takes money out of a wallet) above these
+    /// amounts need a 2FA code (header `X-2FA-Code`); users without 2FA cannot make them. `CODE:AMOUNT` per currency and/or a bare amount for the others, e.g.
     /// `USD:1000,BTC:0.05,1000`. Applies when --totp-key is set.
     #[arg(long, env = "PAYCORE_GATEWAY_TWO_FACTOR_ABOVE", default_value = "1000")]
     pub two_factor_above: String,

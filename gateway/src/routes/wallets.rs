@@ -292,7 +292,9 @@ where
     let engine_key = format!("gw:{scope}:{user_id}:{key}");
     let (status, body) = match work(engine_key).await {
         Ok((status, value)) => (status, value.to_string()),
-        Err(error) if error.status.is_server_error() => {
+        // Nothing was decided: the core or the store was unreachable, or the step-up wants
+        // a code. The same key runs again.
+        Err(error) if error.status.is_server_error() || STEP_UP_CODES.contains(&error.code) => {
             if let Err(e) = state.store.idempotency_abort(user_id, &key).await {
                 tracing::warn!(error = %e, "idempotency key not released");
             }
@@ -380,9 +382,20 @@ async fn recipient(
     }
 }
 
-/// Above `--two-factor-above` units, a transfer needs the sender's current TOTP code in
-/// `X-2FA-Code` (and a sender without 2FA cannot make it). Off without a TOTP key.
-async fn two_factor_for_amount(
+/// Codes of the step-up refusals: they decide nothing, so an `Idempotency-Key` they met is
+/// released and the same request with a code runs (see [`idempotent`]).
+pub const STEP_UP_CODES: [&str; 3] = [
+    "two_factor_required",
+    "two_factor_code_required",
+    "two_factor_code_invalid",
+];
+
+/// The step-up rule, the same for every route that takes money out of a user's wallet (send,
+/// withdraw; `docs/security.md` has the table): above `--two-factor-above` in the currency,
+/// the caller's current TOTP code in `X-2FA-Code` (a caller without 2FA cannot move that
+/// much). Off without a TOTP key. Called after every other check of the request, right before
+/// the core, so that a code is not spent on a request refused for another reason.
+pub async fn step_up(
     state: &Shared,
     user: &AuthUser,
     headers: &HeaderMap,
@@ -472,8 +485,7 @@ pub async fn send(
             if target.currency != currency {
                 return Err(ApiError::rejected(Reject::CurrencyMismatch));
             }
-            two_factor_for_amount(&state, &user, &code_headers, currency, amount, source.scale)
-                .await?;
+            step_up(&state, &user, &code_headers, currency, amount, source.scale).await?;
             let op = Op::Transfer {
                 from,
                 to: target.id,
@@ -641,7 +653,7 @@ struct Withdraw {
     tag = "transactions",
     summary = "Withdraw: place a hold the provider settles",
     request_body(content = Withdraw, content_type = "application/json"),
-    params(("Idempotency-Key" = String, Header, description = "1 to 128 visible ASCII characters; same key + same body replays")),
+    params(("Idempotency-Key" = String, Header, description = "1 to 128 visible ASCII characters; same key + same body replays"), ("X-2FA-Code" = Option<String>, Header, description = "TOTP code, above the 2FA amount")),
     responses((status = 201, description = "the withdrawal (held)"), (status = "4XX", description = "problem+json", body = crate::error::Problem, content_type = "application/problem+json"), (status = "5XX", description = "core or store unreachable (503, Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
@@ -665,6 +677,7 @@ pub async fn withdraw(
         ));
     }
     let owner = user.id().to_owned();
+    let code_headers = headers.clone();
     let (shared, caller) = (state.clone(), owner.clone());
     idempotent(&shared, &caller, &headers, "withdraw", &body, |key| async move {
         let source = owned_wallet(&state, &user, wallet).await?;
@@ -676,6 +689,7 @@ pub async fn withdraw(
         }
         let amount = parse_amount(&request.amount, source.scale)
             .map_err(|e| ApiError::unprocessable("amount_invalid", e.to_string()))?;
+        step_up(&state, &user, &code_headers, currency, amount, source.scale).await?;
         let op = Op::Withdraw {
             wallet,
             amount,
