@@ -129,15 +129,26 @@ impl FromRequestParts<Shared> for ClientAddr {
     async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, ApiError> {
         let addr = parts
             .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+            .get::<ConnectInfo<crate::listener::PeerAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.0.ip().to_string());
         Ok(ClientAddr(addr))
     }
 }
 
 /// Parses a JSON body: 400 `malformed_json` for bad JSON, 422 `invalid_body` for JSON of the
-/// wrong shape (missing field, wrong type, unknown field).
+/// wrong shape (missing field, wrong type, unknown field, anything but an object: serde would
+/// read a struct from an array of its fields, `["USD"]`, which no client means).
 pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        // Valid JSON of another kind is the wrong shape; anything else is not JSON at all.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ApiError::unprocessable("invalid_body", "the body must be a JSON object"),
+                Err(e) => ApiError::bad_request("malformed_json", e.to_string()),
+            },
+        );
+    }
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {

@@ -51,6 +51,7 @@ pub mod core;
 pub mod error;
 pub mod events;
 mod extract;
+pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redis;
@@ -430,6 +431,7 @@ pub fn router(state: Shared) -> Router {
     routes::routes()
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(state.args.body_bytes_max))
+        .layer(axum::middleware::from_fn(json_content_type))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -440,10 +442,14 @@ pub async fn start_with(state: Shared) -> Result<Gateway, String> {
         .await
         .map_err(|e| format!("{}: {e}", state.args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = listener::ProblemListener {
+        tcp: listener,
+        metrics: state.metrics.clone(),
+    };
     tokio::spawn(register_currencies(state.clone()));
     tokio::spawn(events::follow(state.clone()));
     tokio::spawn(sweep(state.clone()));
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone()).into_make_service_with_connect_info::<listener::PeerAddr>();
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -587,6 +593,32 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// A request with a body must say it is JSON (`Content-Type: application/json`, parameters
+/// such as `charset` allowed): else 415 `unsupported_media_type`, before any handler reads it.
+/// Requests without a body (GET, logout, admin actions) need no content type.
+async fn json_content_type(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !is_json {
+        return ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a request body must be JSON: Content-Type: application/json",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Longest request id accepted from a client.

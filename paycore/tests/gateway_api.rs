@@ -419,7 +419,8 @@ async fn bad_inputs_get_problems_never_500() {
     );
 
     // A JSON body needs Content-Type: application/json (parameters allowed): else 415.
-    let eur = br#"{"currency": "EUR"}"#;
+    // "EURO": a currency the core does not know, so an accepted body changes nothing.
+    let euro = br#"{"currency": "EURO"}"#;
     for (label, content_type, status, code) in [
         (
             "text/plain",
@@ -450,23 +451,17 @@ async fn bad_inputs_get_problems_never_500() {
         let mut request = format!(
             "POST /api/v1/wallets HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\
              authorization: Bearer {alice}\r\ncontent-length: {}\r\n",
-            eur.len() + 1
+            euro.len()
         );
         if let Some(content_type) = content_type {
             request.push_str(&format!("content-type: {content_type}\r\n"));
         }
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
-        // "EURO": a currency the gateway does not know, so an accepted body changes nothing.
-        bytes.extend_from_slice(br#"{"currency": "EURO"}"#);
+        bytes.extend_from_slice(euro);
         let response = raw_at(world.addr, &bytes).await;
         assert_eq!(response.status, status, "{label}: {}", response.text());
-        let expected = if status == 422 {
-            "currency_invalid"
-        } else {
-            code
-        };
-        assert_eq!(response.code(), expected, "{label}");
+        assert_eq!(response.code(), code, "{label}");
     }
     // What the HTTP parser refuses is a problem document too.
     let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();

@@ -58,8 +58,16 @@ async fn still_valid(state: &Shared, user: &AuthUser) -> bool {
     }
 }
 
-/// Longest client message on a WebSocket, in bytes.
+/// Longest client message on a WebSocket, in bytes: a longer one closes the socket with 1009
+/// (message too big).
 const CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
+/// Longest frame or message the WebSocket reader takes in at all, in bytes. Between this and
+/// [`CLIENT_MESSAGE_BYTES_MAX`] the message is read and the socket closed cleanly with 1009;
+/// above it the reader stops at the frame's header and the 1009 close is sent as the
+/// connection ends (a client still sending may miss it).
+const PROTOCOL_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// WebSocket close code: the message is too big (RFC 6455 §7.4.1).
+const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// Most wallets one WebSocket subscribes to.
 const SUBSCRIBED_WALLETS_MAX: usize = 64;
 
@@ -125,7 +133,8 @@ pub async fn websocket(
     let upgrade =
         upgrade.map_err(|e| ApiError::bad_request("websocket_upgrade_required", e.body_text()))?;
     Ok(upgrade
-        .max_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_message_size(PROTOCOL_MESSAGE_BYTES_MAX)
+        .max_frame_size(PROTOCOL_MESSAGE_BYTES_MAX)
         .on_upgrade(move |socket| session(state, user, socket))
         .into_response())
 }
@@ -181,7 +190,23 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             }
             message = socket.recv() => {
                 let reply = match message {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Err(error)) => {
+                        // tungstenite's capacity error ("Space limit exceeded: …"), over
+                        // PROTOCOL_MESSAGE_BYTES_MAX; anything else just ends the socket.
+                        if error.to_string().contains("Space limit exceeded") {
+                            close_too_big(&mut socket).await;
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) if text.len() > CLIENT_MESSAGE_BYTES_MAX => {
+                        close_too_big(&mut socket).await;
+                        break;
+                    }
+                    Some(Ok(Message::Binary(bytes))) if bytes.len() > CLIENT_MESSAGE_BYTES_MAX => {
+                        close_too_big(&mut socket).await;
+                        break;
+                    }
                     Some(Ok(Message::Text(text))) => {
                         client_message(&state, &user, text.as_str(), &mut wallets, &mut transactions).await
                     }
@@ -222,6 +247,16 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             }
         }
     }
+}
+
+/// Closes with 1009 (message too big).
+async fn close_too_big(socket: &mut WebSocket) {
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: CLOSE_MESSAGE_TOO_BIG,
+            reason: format!("messages have at most {CLIENT_MESSAGE_BYTES_MAX} bytes").into(),
+        })))
+        .await;
 }
 
 /// When the stream's access token expires, as a tokio instant.
