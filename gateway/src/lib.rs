@@ -10,8 +10,9 @@
 //!   JSON access logs with request ids (`x-request-id`), a body-size cap, RFC 9457
 //!   problem+json errors with stable codes for every failure (no input produces a 500);
 //! - users: register (argon2id), login (HS256 access token with the seed's claims + `aud`,
-//!   rotating refresh tokens with reuse detection), refresh, logout (revokes the access
-//!   token and the refresh tokens), profile GET/PUT, KYC submit and status;
+//!   rotating refresh tokens with reuse detection), refresh, logout (ends every access and
+//!   refresh token of the user: tokens carry the user's token generation, checked in the store
+//!   on every request), profile GET/PUT, KYC submit and status;
 //! - wallets: open one per currency, list mine, get one (balance, available, frozen);
 //! - transactions: P2P send with a required `Idempotency-Key` (same key + same body replays,
 //!   another body 422, still running 409), get by id, history with cursor pagination;
@@ -19,13 +20,15 @@
 //!   `timestamp.body` with a tolerance window (`deposit.succeeded`, `withdrawal.paid`,
 //!   `withdrawal.failed`), withdrawal requests that place a hold;
 //! - admin: freeze / unfreeze a wallet, approve / reject KYC (sets the user's tier in the core),
-//!   settle / cancel a held withdrawal (as the provider's webhook would);
+//!   settle / cancel a held withdrawal (as the provider's webhook would); admins are made only
+//!   by `paycore admin` ([`admin_cli`]) and act only from a session logged in with a 2FA code;
 //! - rate limits (per tier per second, per endpoint per minute), 429 with `Retry-After` and
 //!   `RateLimit-*` headers; in process, or shared by all gateways through Redis
 //!   (`--redis-url`);
 //! - 2FA (RFC 6238 TOTP, secrets sealed with AES-256-GCM under `--totp-key`, each code usable
 //!   once): enroll, confirm, then required at login (`verify-2fa` with the challenge token)
-//!   and for transfers above `--two-factor-above` (per currency);
+//!   and, one step-up rule, for sends and withdrawals above `--two-factor-above` (per
+//!   currency);
 //! - real time: WebSocket `/api/v1/ws` (`subscribe.wallet`, `subscribe.transactions`) and
 //!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
 //!   [`events`]); a user only receives events about their own wallets;
@@ -36,8 +39,8 @@
 //! What it is **not**: a second ledger. Balances and movements live in the core; the
 //! gateway's `transactions` table is a per-user index for history and lookups by id, written
 //! after the core applied the command. Known limits are listed at the end of `docs/design.md`
-//! §18 (a logout through one gateway ends streams held by another only at token expiry; the
-//! event fan-out checks every open stream per event).
+//! §18 (the event fan-out checks every open stream per event); the threat model, the step-up
+//! table and the security choices are in `docs/security.md`.
 //!
 //! A user can only ever touch wallets whose owner in the core is their own user id: every
 //! wallet route asks the core for the wallet and compares its owner (a wallet of someone else
