@@ -218,3 +218,39 @@ async fn an_oversized_websocket_message_is_closed_with_1009() {
     }
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_through_another_gateway_ends_the_stream_within_the_check_interval() {
+    let world = World::start(StoreKind::Sqlite, |_| {}).await;
+    let second = world.second_gateway().await;
+    let (erin, _) = world.user("rt-erin@example.com").await;
+    let url = format!("ws://{}/api/v1/ws?access_token={erin}", second.addr);
+    let mut socket = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket")
+        .0;
+    assert_eq!(
+        say(&mut socket, json!({"type": "subscribe.transactions"})).await["type"],
+        "subscribed"
+    );
+    let logout = world
+        .call("POST", "/api/v1/users/logout", Some(&erin), &[], None)
+        .await;
+    assert_eq!(logout.status, 204);
+    // SESSION_CHECK_SECS is 10: the stream on the other gateway ends within it (plus slack).
+    let started = tokio::time::Instant::now();
+    let mut closed = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        match tokio::time::timeout(Duration::from_secs(15), socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                closed = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(closed, Some(4001), "after {:?}", started.elapsed());
+    second.stop().await;
+    world.stop().await;
+}
