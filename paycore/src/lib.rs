@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod credentials;
+pub mod cut_repair;
 pub mod flush;
 pub mod frames;
 pub mod metrics;

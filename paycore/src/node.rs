@@ -21,6 +21,7 @@ use paycore_protocol::{
 };
 use paycore_sequencer::{ReadView, ReplicationMode, Sequencer, SequencerConfig};
 
+use crate::credentials::ReplicationToken;
 use crate::frames::write_frame;
 use crate::node_state::{NodeState, Role};
 use crate::replication::{NodeRole, PrimaryLink};
@@ -170,6 +171,12 @@ pub struct ReplicationArgs {
         default_value_t = 1_000
     )]
     pub replication_alone_after_ms: u64,
+    /// The cluster's replication token (see `credentials.rs`): a primary serves replication
+    /// only to connections that present it, and a standby presents it. Default
+    /// `<data_dir>/replication.token`, made by a primary at its first start; a standby must be
+    /// given a copy of its primary's.
+    #[arg(long, env = "PAYCORE_REPLICATION_TOKEN_FILE")]
+    pub replication_token_file: Option<PathBuf>,
 }
 
 impl ReplicationArgs {
@@ -184,7 +191,7 @@ impl ReplicationArgs {
         }
     }
 
-    fn link(&self, data_dir: &Path) -> Option<PrimaryLink> {
+    fn link(&self, data_dir: &Path, token: &ReplicationToken) -> Option<PrimaryLink> {
         let server = self.standby_of?;
         let trust_sha256 = self
             .primary_fingerprint
@@ -197,6 +204,7 @@ impl ReplicationArgs {
                 .clone()
                 .unwrap_or_else(|| data_dir.join("tls").join("primary-cert.der")),
             trust_sha256,
+            token: token.clone(),
         })
     }
 }
@@ -304,10 +312,10 @@ pub struct Node {
 /// Settles the node's role before its shards open: a standby (`--standby-of`) asks its
 /// primary which of its records are history and cuts the rest (reported); a folder that
 /// belongs to a standby is never started as a primary by accident.
-async fn settle_role(args: &NodeArgs) -> Result<NodeState, String> {
+async fn settle_role(args: &NodeArgs, token: &ReplicationToken) -> Result<NodeState, String> {
     let shards = shard_count(args);
     let mut state = NodeState::load_or_new(&args.data_dir, shards)?;
-    match args.replication.link(&args.data_dir) {
+    match args.replication.link(&args.data_dir, token) {
         None if state.role == Role::Standby => Err(format!(
             "{} belongs to a standby (epoch {}): start it with --standby-of <primary>, and promote it with `paycore promote` while it runs",
             args.data_dir.display(),
@@ -341,6 +349,19 @@ async fn settle_role(args: &NodeArgs) -> Result<NodeState, String> {
                         .join(", "),
                     cut.snapshots_removed.len()
                 );
+                if !cut.restored.is_empty() {
+                    println!(
+                        "paycore node: shard {} restarts from its snapshot at or before the cut: {} archived segment(s) moved back into the journal",
+                        cut.shard,
+                        cut.restored.len()
+                    );
+                }
+                if let Some(sequence) = cut.seeded_at {
+                    println!(
+                        "paycore node: shard {} could not restart from its own files after the cut (archive incomplete): seeded from the primary's snapshot at sequence {sequence}",
+                        cut.shard
+                    );
+                }
             }
             state.role = Role::Standby;
             state.save(&args.data_dir)?;
@@ -358,7 +379,13 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let state = settle_role(args).await?;
+    let token = ReplicationToken::load(
+        &args.data_dir,
+        args.replication.replication_token_file.as_deref(),
+        args.replication.standby_of.is_none(),
+    )
+    .map_err(|e| e.to_string())?;
+    let state = settle_role(args, &token).await?;
     let mut config = sequencer_config(args);
     config.journal.epoch = state.epoch;
     config.standby = state.role == Role::Standby;
@@ -380,6 +407,7 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
         state,
         args.replication.standby_of,
         shards,
+        token.clone(),
     ));
     for (follow, epoch) in role.follows.iter().zip(last_epochs) {
         follow
@@ -423,7 +451,7 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
         ),
         None => None,
     };
-    if standby && let Some(link) = args.replication.link(&args.data_dir) {
+    if standby && let Some(link) = args.replication.link(&args.data_dir, &token) {
         crate::replication::follow(link, sequencer.clone(), role.clone());
     }
     let mut server = server_config(cert, key, args.ca.as_deref())?;
@@ -571,6 +599,8 @@ async fn serve_connection(
     role: Arc<NodeRole>,
 ) {
     let budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_REQUEST_BYTES_MAX));
+    // Set once the connection presented the replication token (`authenticate`).
+    let replica = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
@@ -578,8 +608,10 @@ async fn serve_connection(
                 let connection = connection.clone();
                 let budget = budget.clone();
                 let role = role.clone();
+                let replica = replica.clone();
                 tokio::spawn(async move {
-                    if let Some(code) = serve_stream(send, recv, sequencer, role, budget).await
+                    let peer = Peer { budget, replica };
+                    if let Some(code) = serve_stream(send, recv, sequencer, role, peer).await
                         && code.closes_connection()
                     {
                         connection.close(u32::from(code.0).into(), code.name().as_bytes());
@@ -591,14 +623,37 @@ async fn serve_connection(
     }
 }
 
+/// What a request knows of the connection it came on.
+struct Peer {
+    /// The connection's share of request memory.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// The connection presented the replication token: it may act as a standby.
+    replica: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Peer {
+    fn is_replica(&self) -> bool {
+        self.replica.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The answer to a replication frame from a connection without the replication token.
+fn replication_unauthorized() -> Frame {
+    Frame::error(
+        ErrorCode::UNAUTHORIZED,
+        "replication needs the cluster's replication token: start the standby with --replication-token-file (a copy of the primary's <data_dir>/replication.token)",
+    )
+}
+
 /// Answers one request; returns the error code it answered with, if any.
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     sequencer: Arc<Sequencer>,
     role: Arc<NodeRole>,
-    budget: Arc<tokio::sync::Semaphore>,
+    peer: Peer,
 ) -> Option<ErrorCode> {
+    let budget = &peer.budget;
     // The length prefix first: it says how much memory the frame needs, before any is taken.
     let mut prefix = [0u8; 4];
     if recv.read_exact(&mut prefix).await.is_err() {
@@ -623,6 +678,29 @@ async fn serve_stream(
             Ok((id, Frame::Subscribe { from })) => {
                 drop((bytes, permit));
                 return subscribe(send, id, from, &sequencer).await;
+            }
+            Ok((id, Frame::Authenticate { token })) => {
+                if role.token.matches(&token) {
+                    peer.replica
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    (
+                        id,
+                        Frame::Authenticated {
+                            role: "replica".into(),
+                        },
+                    )
+                } else {
+                    tracing::warn!("a connection presented an unknown replication token");
+                    (
+                        id,
+                        Frame::error(ErrorCode::UNAUTHORIZED, "unknown replication token"),
+                    )
+                }
+            }
+            Ok((id, Frame::ReplicaHello { .. } | Frame::ReplicaSnapshotRequest { .. }))
+                if !peer.is_replica() =>
+            {
+                (id, replication_unauthorized())
             }
             Ok((
                 id,

@@ -129,11 +129,11 @@ pub fn promote(args: PromoteArgs) -> Result<(), String> {
     }
     let result: Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
     println!(
-        "promoted: primary of epoch {} from sequences {} (old primary was {}; {} records it had were not received) in {} ms",
+        "promoted: primary of epoch {} from sequences {} (old primary was {}; when this node last heard from it, {} of its records had not been received; how many it wrote after that is unknown) in {} ms",
         result["epoch"],
         result["last_sequences"],
         result["old_primary_mode"].as_str().unwrap_or("?"),
-        result["records_behind_old_primary"],
+        result["records_behind_old_primary_at_last_report"],
         result["took_ms"]
     );
     Ok(())

@@ -75,6 +75,8 @@ pub struct NodeRole {
     pub flushers: Mutex<Option<crate::flush::FlushHandles>>,
     /// Starts the flushers (set by the node; taken by whoever starts them first).
     pub start_flushers: Mutex<Option<FlushStarter>>,
+    /// The cluster's replication token: checked from standbys, presented to a primary.
+    pub token: crate::credentials::ReplicationToken,
 }
 
 /// Starts this node's store flushers.
@@ -127,6 +129,7 @@ impl NodeRole {
         state: NodeState,
         standby_of: Option<SocketAddr>,
         shards: u16,
+        token: crate::credentials::ReplicationToken,
     ) -> NodeRole {
         NodeRole {
             data_dir,
@@ -142,6 +145,7 @@ impl NodeRole {
             followers: Mutex::new(Vec::new()),
             flushers: Mutex::new(None),
             start_flushers: Mutex::new(None),
+            token,
         }
     }
 
@@ -279,11 +283,13 @@ pub async fn serve_snapshot(
             ));
         }
         let dir = paycore_snapshot::ShardPaths::new(&role.data_dir, shard).snapshots;
-        let newest = paycore_snapshot::list_snapshots(&dir)
-            .map_err(|e| refuse(ErrorCode::INTERNAL, e.to_string()))?
-            .into_iter()
-            .max_by_key(|(sequence, _)| *sequence);
-        let Some((sequence, path)) = newest else {
+        let newest = || {
+            paycore_snapshot::list_snapshots(&dir)
+                .map_err(|e| refuse(ErrorCode::INTERNAL, e.to_string()))
+                .map(|found| found.into_iter().max_by_key(|(sequence, _)| *sequence))
+        };
+        let mut newest = newest_snapshot_or_wait(newest, &sequencer, shard).await?;
+        let Some((sequence, path)) = newest.take() else {
             return Err(refuse(
                 ErrorCode::POSITION_UNAVAILABLE,
                 format!("shard {shard} has no snapshot yet"),
@@ -336,6 +342,37 @@ pub async fn serve_snapshot(
             Some(code)
         }
     }
+}
+
+/// Longest a snapshot request waits for a snapshot the primary takes for it.
+const SNAPSHOT_ON_REQUEST_WAIT: Duration = Duration::from_secs(120);
+
+/// The shard's newest snapshot; when it has none yet (a promoted standby, a young primary),
+/// asks the snapshot replica for one and waits for it (bounded).
+async fn newest_snapshot_or_wait<F>(
+    newest: F,
+    sequencer: &Sequencer,
+    shard: u16,
+) -> Result<Option<(u64, PathBuf)>, (ErrorCode, String)>
+where
+    F: Fn() -> Result<Option<(u64, PathBuf)>, (ErrorCode, String)>,
+{
+    let found = newest()?;
+    if found.is_some() || !sequencer.request_snapshot(shard) {
+        return Ok(found);
+    }
+    tracing::info!(
+        shard,
+        "a standby needs a snapshot and there is none: taking one"
+    );
+    let started = Instant::now();
+    while started.elapsed() < SNAPSHOT_ON_REQUEST_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(found) = newest()? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// Standby, before its shards open: fetches the primary's newest snapshot of `shard` into
@@ -453,6 +490,10 @@ pub async fn serve_standby(
         Verdict::Refuse(code, message) => {
             send_frame(&mut send, request_id, &Frame::error(code, message)).await;
             let _ = send.finish();
+            if code.closes_connection() {
+                // The caller closes the connection: let the error reach the standby first.
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            }
             return Some(code);
         }
     };
@@ -476,18 +517,36 @@ pub async fn serve_standby(
     };
     let watermark = sequencer.durable_watermark(shard).clone();
     let mut reader = JournalReader::new(storage, from_sequence, Some(watermark.clone()));
-    gate.acknowledge(from_sequence.saturating_sub(1));
+    // The gate follows the standby connected now: it holds what its hello says, no more.
+    let held = from_sequence.saturating_sub(1);
+    gate.standby_joined(held);
     gate.set_connected(true);
     tracing::info!(shard, from_sequence, "standby connected");
+    // The last sequence sent on this stream: an acknowledgement never counts for more (a
+    // standby cannot hold what it was not sent).
+    let shipped = Arc::new(AtomicU64::new(held));
     let acks = {
-        let gate = gate.clone();
+        let (gate, shipped) = (gate.clone(), shipped.clone());
         tokio::spawn(async move {
             while let Ok(Some((_, frame))) = read_frame(&mut recv).await {
                 if let Frame::ReplicaAck {
-                    durable_sequence, ..
+                    shard: acked_shard,
+                    durable_sequence,
                 } = frame
                 {
-                    gate.acknowledge(durable_sequence);
+                    let sent = shipped.load(Ordering::Acquire);
+                    if acked_shard != shard || durable_sequence > sent {
+                        tracing::warn!(
+                            shard,
+                            acked_shard,
+                            durable_sequence,
+                            sent,
+                            "a standby acknowledged records it was not sent; counted up to what was sent"
+                        );
+                    }
+                    if acked_shard == shard {
+                        gate.acknowledge(durable_sequence.min(sent));
+                    }
                 }
             }
         })
@@ -538,14 +597,16 @@ pub async fn serve_standby(
         if read > 0 {
             first = false;
             debug_assert!(bytes.len() <= REPLICA_RECORDS_BYTES_MAX);
+            let sent_through = reader.next_sequence() - 1;
             let frame = Frame::ReplicaRecords {
                 shard,
-                primary_durable: durable.max(reader.next_sequence() - 1),
+                primary_durable: durable.max(sent_through),
                 records: std::mem::take(&mut bytes),
             };
             if !send_frame(&mut send, request_id, &frame).await {
                 break;
             }
+            shipped.fetch_max(sent_through, Ordering::AcqRel);
             continue;
         }
         // Nothing new: wait for the next commit (bounded, so a lost wake-up costs little).
@@ -563,15 +624,54 @@ pub struct PrimaryLink {
     pub server: SocketAddr,
     pub trust_der_path: PathBuf,
     pub trust_sha256: Option<[u8; 32]>,
+    /// Presented to the primary before any replication frame.
+    pub token: crate::credentials::ReplicationToken,
 }
 
 async fn connect(link: &PrimaryLink) -> Result<paycore_client::Client, String> {
     let mut config = paycore_client::ClientConfig::new(link.server, link.trust_der_path.clone());
     config.trust_sha256 = link.trust_sha256;
     config.request_timeout_ms = 5_000;
-    paycore_client::Client::connect(config)
+    let client = paycore_client::Client::connect(config)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    authenticate(&client, &link.token).await?;
+    Ok(client)
+}
+
+/// Presents the replication token on `client`'s connection (the primary serves replication
+/// frames only to connections that did).
+async fn authenticate(
+    client: &paycore_client::Client,
+    token: &crate::credentials::ReplicationToken,
+) -> Result<(), String> {
+    let (mut send, mut recv) = client
+        .connection()
+        .open_bi()
+        .await
+        .map_err(|e| e.to_string())?;
+    let frame = Frame::Authenticate {
+        token: token.bytes().to_vec(),
+    };
+    if !send_frame(&mut send, 1, &frame).await {
+        return Err("the primary closed the stream".into());
+    }
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+        .await
+        .map_err(|_| "the primary did not answer the authentication within 10 s".to_string())??
+        .ok_or("the primary closed the stream")?;
+    match answer.1 {
+        Frame::Authenticated { .. } => Ok(()),
+        Frame::Error { code, message } => Err(format!(
+            "the primary refused this standby's replication token ({}): {code}: {message}",
+            token.path.display()
+        )),
+        other => Err(format!(
+            "unexpected answer to authenticate: {:?}",
+            other.kind()
+        )),
+    }
 }
 
 /// Sends a hello for `shard` and reads the primary's first answer.
@@ -609,6 +709,12 @@ pub struct Cut {
     pub shard: u16,
     pub tail: paycore_journal::DivergentTail,
     pub snapshots_removed: Vec<PathBuf>,
+    /// Archived segments moved back into the journal so the shard restarts from its snapshot
+    /// at or before the cut (see `cut_repair.rs`).
+    pub restored: Vec<String>,
+    /// The archive lacked them: the shard was seeded from the primary's snapshot at this
+    /// sequence instead.
+    pub seeded_at: Option<u64>,
 }
 
 /// Before a standby's shards open: asks the primary whether each shard's journal is part of
@@ -661,26 +767,76 @@ pub async fn rejoin(
                     keep_through,
                     ..
                 } => {
-                    let mut storage = storage;
-                    let tail = paycore_journal::truncate_after(&mut storage, shard, keep_through)
-                        .map_err(|e| e.to_string())?;
-                    let mut snapshots_removed = Vec::new();
-                    for (sequence, path) in paycore_snapshot::list_snapshots(&paths.snapshots)
-                        .map_err(|e| e.to_string())?
-                    {
-                        if sequence > keep_through {
-                            std::fs::remove_file(&path)
-                                .map_err(|e| format!("{}: {e}", path.display()))?;
-                            snapshots_removed.push(path);
-                        }
-                    }
                     state.epoch = state.epoch.max(epoch);
-                    if let Some(tail) = tail {
-                        cuts.push(Cut {
-                            shard,
-                            tail,
-                            snapshots_removed,
-                        });
+                    // The state restarts from the newest snapshot at or before the cut (or
+                    // from nothing): the journal must hold every record after it, archived or
+                    // not, for the node to start again.
+                    let snapshots = paycore_snapshot::list_snapshots(&paths.snapshots)
+                        .map_err(|e| e.to_string())?;
+                    let kept = snapshots
+                        .iter()
+                        .map(|(sequence, _)| *sequence)
+                        .filter(|sequence| *sequence <= keep_through)
+                        .max()
+                        .unwrap_or(0);
+                    let mut snapshots_removed = Vec::new();
+                    let mut remove_past_cut = || -> Result<(), String> {
+                        for (sequence, path) in &snapshots {
+                            if *sequence > keep_through {
+                                std::fs::remove_file(path)
+                                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                                snapshots_removed.push(path.clone());
+                            }
+                        }
+                        Ok(())
+                    };
+                    match crate::cut_repair::restore_archived(&paths, kept + 1)? {
+                        crate::cut_repair::Restore::Ready { restored } => {
+                            if !restored.is_empty() {
+                                tracing::warn!(
+                                    shard,
+                                    keep_through,
+                                    snapshot = kept,
+                                    ?restored,
+                                    "rejoin: snapshots lie past the cut; archived segments moved back into the journal so the shard restarts from its snapshot at or before the cut"
+                                );
+                            }
+                            let mut storage = storage;
+                            let tail =
+                                paycore_journal::truncate_after(&mut storage, shard, keep_through)
+                                    .map_err(|e| e.to_string())?;
+                            remove_past_cut()?;
+                            if let Some(tail) = tail {
+                                cuts.push(Cut {
+                                    shard,
+                                    tail,
+                                    snapshots_removed,
+                                    restored,
+                                    seeded_at: None,
+                                });
+                            }
+                        }
+                        crate::cut_repair::Restore::Missing { reason } => {
+                            // Nothing local can rebuild the state up to the cut: take the new
+                            // primary's snapshot instead (the local journal is archived whole,
+                            // divergent records included, so nothing is lost).
+                            tracing::warn!(shard, keep_through, %reason, "rejoin: cannot restart from local files after the cut; seeding from the primary's snapshot");
+                            remove_past_cut()?;
+                            drop(storage);
+                            let sequence = seed_from_snapshot(&client, &paths, shard).await?;
+                            let last = last.map_or(keep_through, |(sequence, _)| sequence);
+                            cuts.push(Cut {
+                                shard,
+                                tail: paycore_journal::DivergentTail {
+                                    first_sequence: keep_through + 1,
+                                    last_sequence: last,
+                                    backups: vec![paths.journal.join("archive")],
+                                },
+                                snapshots_removed,
+                                restored: Vec::new(),
+                                seeded_at: Some(sequence),
+                            });
+                        }
                     }
                 }
                 Frame::Error { code, .. } if code == ErrorCode::POSITION_UNAVAILABLE => {
@@ -956,13 +1112,17 @@ pub async fn promote(
     if let Err(error) = role.start_flushing(sequencer) {
         tracing::error!(%error, "promoted, but the store flushers did not start");
     }
-    let lost_unacknowledged: u64 = behind.iter().map(|(_, have, primary)| primary - have).sum();
+    // What the standby lacked of the primary when it last heard from it: a lower bound. The
+    // primary may have written more since (a paused standby heard nothing for a while), so
+    // how far behind the old primary this node really is cannot be known here.
+    let behind_at_last_report: u64 = behind.iter().map(|(_, have, primary)| primary - have).sum();
     tracing::warn!(epoch, ?last, "promoted: this node is now the primary");
     Ok(json!({
         "promoted": true,
         "epoch": epoch,
         "last_sequences": last,
-        "records_behind_old_primary": lost_unacknowledged,
+        "records_behind_old_primary": "unknown",
+        "records_behind_old_primary_at_last_report": behind_at_last_report,
         "old_primary_mode": match primary_mode { 2 => "sync", 1 => "async", _ => "off" },
         "took_ms": started.elapsed().as_millis() as u64,
     })

@@ -20,7 +20,7 @@ use paycore_client::{Client, ClientConfig};
 use paycore_engine::{
     Applied, Command, CurrencyCode, IdempotencyKey, Op, Outcome, UserId, WalletId,
 };
-use paycore_protocol::{AdminCommand, CommandResult, Query, QueryResult};
+use paycore_protocol::{AdminCommand, CommandResult, ErrorCode, Frame, Query, QueryResult};
 use serde_json::Value;
 
 const WALLETS: u64 = 40;
@@ -105,6 +105,17 @@ impl NodeProcess {
         self.dir.join("tls/cert.der")
     }
 
+    /// The cluster's replication token. Every node of a test cluster uses the first
+    /// primary's: a standby is given it, and keeps it when promoted.
+    fn token(&self) -> PathBuf {
+        let own = self.dir.join("replication.token");
+        if own.exists() {
+            return own;
+        }
+        // A promoted standby was given the token of the node in the sibling folder "a".
+        self.dir.with_file_name("a").join("replication.token")
+    }
+
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -132,6 +143,8 @@ fn standby_args(primary: &NodeProcess, mode: &str) -> Vec<String> {
         primary.addr.to_string(),
         "--primary-trust".into(),
         primary.trust().display().to_string(),
+        "--replication-token-file".into(),
+        primary.token().display().to_string(),
         "--replication".into(),
         mode.into(),
         "--replication-alone-after-ms".into(),
@@ -709,4 +722,396 @@ async fn a_new_standby_is_seeded_from_the_newest_snapshot() {
     writer.close();
     drop((standby, primary));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a stream on `client`'s connection, sends `frame`, and reads the first answer.
+async fn exchange(client: &Client, frame: Frame) -> (quinn::SendStream, quinn::RecvStream, Frame) {
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("stream");
+    assert!(paycore::frames::send_frame(&mut send, 7, &frame).await);
+    let answer = tokio::time::timeout(WAIT, paycore::frames::read_frame(&mut recv))
+        .await
+        .expect("answered in time")
+        .expect("a frame")
+        .expect("not the end of the stream");
+    (send, recv, answer.1)
+}
+
+fn error_code(frame: &Frame) -> Option<ErrorCode> {
+    match frame {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// Issue 14, item 5: any client could say `replica_hello`, receive the whole journal, and
+/// answer `replica_ack` with u64::MAX to make a sync primary acknowledge writes no standby
+/// held (within a millisecond, and still after it left). Now replication needs the cluster's
+/// token, an acknowledgement counts only up to what was sent on its stream, a hello with a
+/// newer epoch gets its `stale_epoch` frame before the connection closes, and the primary it
+/// fenced answers no more reads (item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_token_holder_replicates_and_an_ack_counts_only_what_was_sent() {
+    let dir = root("impersonator");
+    let primary = NodeProcess::start(&dir.join("a"), &["--replication".into(), "sync".into()]);
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
+    let writer = client(&primary, 1_500).await;
+    let wallets = set_up(&writer).await;
+    wait_caught_up(&primary, &standby).await;
+    standby.kill();
+    // Two wallets of shard 0, and the next record of shard 0.
+    let on_zero: Vec<WalletId> = wallets.iter().copied().filter(|w| w.shard() == 0).collect();
+    let next = last_sequences(&status(&primary).await)[0] + 1;
+    let transfer = |key: &str| {
+        command(
+            key,
+            Op::Transfer {
+                from: on_zero[0],
+                to: on_zero[1],
+                amount: 1,
+                currency: usd(),
+            },
+        )
+    };
+
+    let intruder = client(&primary, 5_000).await;
+    let hello = |epoch: u64| Frame::ReplicaHello {
+        shard: 0,
+        from_sequence: next,
+        last_epoch: 1,
+        epoch,
+    };
+    // No token: no replication, no snapshot.
+    let (_, _, answer) = exchange(&intruder, hello(1)).await;
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::UNAUTHORIZED),
+        "{answer:?}"
+    );
+    let (_, _, answer) = exchange(&intruder, Frame::ReplicaSnapshotRequest { shard: 0 }).await;
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::UNAUTHORIZED),
+        "{answer:?}"
+    );
+    let wrong = Frame::Authenticate {
+        token: b"0123456789abcdef0123456789abcdef".to_vec(),
+    };
+    let (_, _, answer) = exchange(&intruder, wrong).await;
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::UNAUTHORIZED),
+        "{answer:?}"
+    );
+    let (_, _, answer) = exchange(&intruder, hello(1)).await;
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::UNAUTHORIZED),
+        "{answer:?}"
+    );
+    // Nothing of that made the sync primary answer a write.
+    let refused = writer.submit(vec![transfer("while-intruded")]).await;
+    assert!(
+        refused.is_err(),
+        "acknowledged without a standby: {refused:?}"
+    );
+
+    // The token holder (a misbehaving standby) acknowledges u64::MAX before receiving
+    // anything: it counts for what was sent on its stream only.
+    let token = std::fs::read_to_string(primary.token()).expect("token");
+    let insider = client(&primary, 5_000).await;
+    let (_, _, answer) = exchange(
+        &insider,
+        Frame::Authenticate {
+            token: token.trim().as_bytes().to_vec(),
+        },
+    )
+    .await;
+    assert!(matches!(answer, Frame::Authenticated { .. }), "{answer:?}");
+    let (mut send, recv, answer) = exchange(&insider, hello(1)).await;
+    assert!(matches!(answer, Frame::ReplicaWelcome { .. }), "{answer:?}");
+    let ack = Frame::ReplicaAck {
+        shard: 0,
+        durable_sequence: u64::MAX,
+    };
+    assert!(paycore::frames::send_frame(&mut send, 7, &ack).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = writer.submit(vec![transfer("after-false-ack")]).await;
+    assert!(waited.is_err(), "acknowledged on a false ack: {waited:?}");
+    drop((send, recv));
+    insider.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = writer.submit(vec![transfer("after-it-left")]).await;
+    assert!(
+        after.is_err(),
+        "acknowledged after the impersonator left: {after:?}"
+    );
+
+    // Reads go on while the writes wait (item 2): far more than the release queue holds.
+    let reader = client(&primary, 10_000).await;
+    for n in 0..5_000u32 {
+        let status = reader.query(Query::Status).await;
+        assert!(status.is_ok(), "status query {n}: {status:?}");
+    }
+    // A wallet no waiting write touched reads at once; one they touched does not show them.
+    let untouched = wallets
+        .iter()
+        .copied()
+        .find(|w| w.shard() == 0 && !on_zero[..2].contains(w));
+    if let Some(untouched) = untouched {
+        let read = reader.query(Query::WalletById(untouched)).await;
+        assert!(matches!(read, Ok(QueryResult::Wallet(Some(_)))), "{read:?}");
+    }
+    let touched = reader.query(Query::WalletById(on_zero[0])).await;
+    match touched {
+        Ok(QueryResult::Wallet(Some(view))) => {
+            assert_eq!(
+                view.available, FUNDS as i128,
+                "a read showed unreplicated transfers"
+            )
+        }
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => {} // waited for a release that never came: refused, not shown
+    }
+    let outcome = reader
+        .query(Query::OutcomeByKey {
+            shard: 0,
+            key: IdempotencyKey::new(b"after-false-ack").expect("key"),
+        })
+        .await;
+    assert!(
+        !matches!(outcome, Ok(QueryResult::Outcome(Some(_)))),
+        "the outcome of an unreplicated write was shown: {outcome:?}"
+    );
+
+    // A node of a newer epoch says hello: the error frame arrives, and this primary, fenced,
+    // answers no reads from now on.
+    let newer = client(&primary, 5_000).await;
+    let (_, _, answer) = exchange(
+        &newer,
+        Frame::Authenticate {
+            token: token.trim().as_bytes().to_vec(),
+        },
+    )
+    .await;
+    assert!(matches!(answer, Frame::Authenticated { .. }), "{answer:?}");
+    let (_, _, answer) = exchange(&newer, hello(9)).await;
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::STALE_EPOCH),
+        "{answer:?}"
+    );
+    let fresh = client(&primary, 10_000).await;
+    let read = fresh
+        .query(Query::WalletById(on_zero[2 % on_zero.len()]))
+        .await;
+    match read {
+        Err(paycore_client::ClientError::Node { code, .. }) => {
+            assert_eq!(ErrorCode(code), ErrorCode::NOT_PRIMARY)
+        }
+        other => panic!("a fenced primary answered a read: {other:?}"),
+    }
+    drop(primary);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every wallet's balance (available + frozen), in order.
+async fn balances(client: &Client, wallets: &[WalletId]) -> Vec<i128> {
+    let mut found = Vec::with_capacity(wallets.len());
+    for wallet in wallets {
+        match client
+            .query(Query::WalletById(*wallet))
+            .await
+            .expect("query")
+        {
+            QueryResult::Wallet(Some(view)) => found.push(view.available + view.frozen),
+            other => panic!("{other:?}"),
+        }
+    }
+    found
+}
+
+/// Sends `batches` batches of transfers `first..` without waiting for their answers (a sync
+/// primary without its standby answers none): the primary journals them all.
+async fn load_unanswered(client: &Client, wallets: &[WalletId], first: u64, batches: u64) -> u64 {
+    let mut next = first;
+    for _ in 0..batches {
+        let commands = (next..next + 64)
+            .map(|n| transfer_command(wallets, n))
+            .collect();
+        next += 64;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(250), client.submit_once(commands)).await;
+    }
+    next
+}
+
+/// The newest snapshot of each shard of a node's folder (0: none).
+fn newest_snapshots(dir: &Path) -> Vec<u64> {
+    (0..2u16)
+        .map(|shard| {
+            paycore_snapshot::list_snapshots(
+                &paycore_snapshot::ShardPaths::new(dir, shard).snapshots,
+            )
+            .expect("snapshots")
+            .into_iter()
+            .map(|(sequence, _)| sequence)
+            .max()
+            .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Issue 14, item 1: an old primary whose snapshots lie past the cut point. Its segments
+/// before the cut were archived (covered by those snapshots); the rejoin cut the tail and
+/// removed the snapshots past it, and the node then refused to start on every attempt ("journal
+/// starts at sequence N but the state needs 1 next"). Now the archived segments come back and
+/// it restarts from its snapshot at or before the cut, then follows the new primary.
+async fn rejoin_with_snapshots_past_the_cut(mode: &str, archive_lost: bool) {
+    let dir = root(&format!("past-cut-{mode}-{archive_lost}"));
+    let snapshots_often = [
+        "--snapshot-every-secs",
+        "1",
+        "--snapshot-every-records",
+        "3000",
+        "--journal-segment-mib",
+        "2",
+    ]
+    .map(String::from);
+    let mut primary_args = vec!["--replication".to_string(), mode.to_string()];
+    primary_args.extend(snapshots_often.iter().cloned());
+    let primary = NodeProcess::start(&dir.join("a"), &primary_args);
+    let standby = NodeProcess::start(&dir.join("b"), &standby_args(&primary, "async"));
+    let writer = client(&primary, 5_000).await;
+    let wallets = set_up(&writer).await;
+    // Several segments each, held by the standby, covered by snapshots: archived.
+    let archived = |shard: u16| {
+        std::fs::read_dir(dir.join(format!("a/shard-{shard:03}/journal/archive")))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut next = 0;
+    let deadline = Instant::now() + WAIT;
+    while archived(0) == 0 || archived(1) == 0 {
+        assert!(Instant::now() < deadline, "no segment archived");
+        let load = run_load(&writer, &wallets, 2_000, Duration::from_millis(300), next).await;
+        next = load.sent;
+    }
+    wait_caught_up(&primary, &standby).await;
+    let held = newest_snapshots(&dir.join("a"));
+    let deadline = Instant::now() + WAIT;
+    while newest_snapshots(&dir.join("a")) == held {
+        assert!(Instant::now() < deadline, "no snapshot taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_at = last_sequences(&status(&standby).await);
+
+    // The standby stalls; the primary journals more (sync: unanswered; async: answered, the
+    // lag bound is large) and snapshots past what the standby holds, twice.
+    // Killed, not paused: a paused standby's socket buffers would still take in what the
+    // primary sends meanwhile.
+    let standby_dir = standby.dir.clone();
+    standby.kill();
+    let stalled = client(&primary, 1_000).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        next = load_unanswered(&stalled, &wallets, next, 4).await;
+        let newest = newest_snapshots(&dir.join("a"));
+        if newest.iter().zip(&cut_at).all(|(s, c)| s > c) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot past the cut: {newest:?} vs {cut_at:?}"
+        );
+    }
+    // Two snapshots past the cut: the one at or before it was pruned.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let _ = load_unanswered(&stalled, &wallets, next, 4).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    primary.signal("-KILL");
+    writer.close();
+    stalled.close();
+    let standby = NodeProcess::start(&standby_dir, &standby_args(&primary, "async"));
+    primary.kill();
+    let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args([
+            "promote",
+            "--json",
+            "--force",
+            "--server",
+            &standby.addr.to_string(),
+        ])
+        .arg("--trust")
+        .arg(standby.trust())
+        .output()
+        .expect("paycore promote");
+    assert!(
+        output.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let promoted: Value = serde_json::from_slice(&output.stdout).expect("promote json");
+    assert_eq!(promoted["records_behind_old_primary"], "unknown");
+
+    if archive_lost {
+        for shard in 0..2 {
+            let archive = dir.join(format!("a/shard-{shard:03}/journal/archive"));
+            std::fs::remove_dir_all(&archive).expect("archive removed");
+        }
+    }
+    // The old primary rejoins: it cuts, restarts from files it has (or, without them, from
+    // the new primary's snapshot), and follows.
+    let rejoined = NodeProcess::start(&dir.join("a"), &standby_args(&standby, "async"));
+    eprintln!("{mode}: rejoin said {:?}", rejoined.startup);
+    assert!(
+        rejoined.startup.iter().any(|l| l.contains("cut records")),
+        "the old primary's tail was cut"
+    );
+    let (restored, seeded) = (
+        rejoined
+            .startup
+            .iter()
+            .any(|l| l.contains("archived segment(s) moved back")),
+        rejoined
+            .startup
+            .iter()
+            .any(|l| l.contains("seeded from the primary's snapshot")),
+    );
+    assert_eq!((restored, seeded), (!archive_lost, archive_lost));
+    wait_caught_up(&standby, &rejoined).await;
+    // It starts again as it is, any number of times.
+    drop(rejoined);
+    let again = NodeProcess::start(&dir.join("a"), &standby_args(&standby, "async"));
+    wait_caught_up(&standby, &again).await;
+    // Both serve the same balances, and money is conserved.
+    let fresh = client(&standby, 10_000).await;
+    let reader = client(&again, 10_000).await;
+    let on_primary = balances(&fresh, &wallets).await;
+    assert_eq!(on_primary, balances(&reader, &wallets).await);
+    assert_eq!(
+        on_primary.iter().sum::<i128>(),
+        FUNDS as i128 * WALLETS as i128,
+        "money conserved"
+    );
+    reader.close();
+    fresh.close();
+    drop((again, standby));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_rejoin_with_snapshots_past_the_cut_starts_again() {
+    rejoin_with_snapshots_past_the_cut("sync", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_rejoin_with_snapshots_past_the_cut_starts_again() {
+    rejoin_with_snapshots_past_the_cut("async", false).await;
+}
+
+/// The same, with the old primary's archive deleted by an operator: nothing local can rebuild
+/// its state up to the cut, so the shard is seeded from the new primary's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_without_the_archive_seeds_from_the_new_primary() {
+    rejoin_with_snapshots_past_the_cut("async", true).await;
 }

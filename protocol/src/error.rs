@@ -178,9 +178,13 @@ impl ErrorCode {
     /// An operator command refused because it is unsafe now (the message says why). The
     /// connection stays.
     pub const REFUSED: ErrorCode = ErrorCode(14);
+    /// The connection's role may not send this frame (a replication frame without the
+    /// replication credential), or an `authenticate` frame's credential is unknown. The
+    /// connection stays, with the role it had.
+    pub const UNAUTHORIZED: ErrorCode = ErrorCode(15);
 
     /// Every assigned code, in number order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::MALFORMED,
         ErrorCode::FRAME_TOO_LARGE,
         ErrorCode::UNSUPPORTED_VERSION,
@@ -195,6 +199,7 @@ impl ErrorCode {
         ErrorCode::NOT_PRIMARY,
         ErrorCode::STALE_EPOCH,
         ErrorCode::REFUSED,
+        ErrorCode::UNAUTHORIZED,
     ];
 
     /// The stable snake_case name, `"unknown"` for a number this version does not know.
@@ -214,13 +219,15 @@ impl ErrorCode {
             ErrorCode::NOT_PRIMARY => "not_primary",
             ErrorCode::STALE_EPOCH => "stale_epoch",
             ErrorCode::REFUSED => "refused",
+            ErrorCode::UNAUTHORIZED => "unauthorized",
             _ => "unknown",
         }
     }
 
     /// The sender closes the connection after an error frame with this code. Only
     /// `shard_unavailable`, `position_unavailable`, `not_primary` and `refused` answer one
-    /// request and keep the connection; a code this version does not know counts as closing.
+    /// request and keep the connection (and `unauthorized`); a code this version does not know
+    /// counts as closing.
     pub fn closes_connection(self) -> bool {
         !matches!(
             self,
@@ -228,6 +235,7 @@ impl ErrorCode {
                 | ErrorCode::POSITION_UNAVAILABLE
                 | ErrorCode::NOT_PRIMARY
                 | ErrorCode::REFUSED
+                | ErrorCode::UNAUTHORIZED
         )
     }
 }

@@ -14,9 +14,9 @@ use crate::view::{
 };
 use crate::wire::{Reader, Result, put_count, put_u16, put_u32, put_u64};
 use crate::{
-    BATCH_COMMANDS_MAX, CLIENT_COMMAND_BYTES_MIN, COMMAND_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX,
-    EVENTS_PER_FRAME_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
-    SUBSCRIBE_SHARDS_MAX,
+    AUTH_TOKEN_BYTES_MAX, BATCH_COMMANDS_MAX, CLIENT_COMMAND_BYTES_MIN, COMMAND_BYTES_MAX,
+    ERROR_MESSAGE_BYTES_MAX, EVENTS_PER_FRAME_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION, ROLE_NAME_BYTES_MAX, SUBSCRIBE_SHARDS_MAX,
 };
 
 /// The kind byte of a frame. Numbers are stable; a new kind gets a new number.
@@ -39,10 +39,12 @@ pub enum FrameKind {
     AdminResult = 14,
     ReplicaSnapshotRequest = 15,
     ReplicaSnapshotChunk = 16,
+    Authenticate = 17,
+    Authenticated = 18,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 16] = [
+    pub const ALL: [FrameKind; 18] = [
         FrameKind::SubmitBatch,
         FrameKind::BatchResult,
         FrameKind::Query,
@@ -59,6 +61,8 @@ impl FrameKind {
         FrameKind::AdminResult,
         FrameKind::ReplicaSnapshotRequest,
         FrameKind::ReplicaSnapshotChunk,
+        FrameKind::Authenticate,
+        FrameKind::Authenticated,
     ];
 
     pub fn from_u8(value: u8) -> Option<FrameKind> {
@@ -79,6 +83,7 @@ impl FrameKind {
                 | FrameKind::ReplicaAck
                 | FrameKind::Admin
                 | FrameKind::ReplicaSnapshotRequest
+                | FrameKind::Authenticate
         )
     }
 
@@ -93,6 +98,7 @@ impl FrameKind {
                 | FrameKind::ReplicaAck
                 | FrameKind::Admin
                 | FrameKind::ReplicaSnapshotRequest
+                | FrameKind::Authenticate
         )
     }
 }
@@ -189,6 +195,12 @@ pub enum Frame {
         offset: u64,
         bytes: Vec<u8>,
     },
+    /// Client -> node: present a credential (at most [`AUTH_TOKEN_BYTES_MAX`] bytes); the
+    /// connection takes the role the node gives that credential. Answered by `authenticated`,
+    /// or by an `unauthorized` error (the connection stays, with the role it had).
+    Authenticate { token: Vec<u8> },
+    /// Node -> client: the connection's role from now on (e.g. `replica`).
+    Authenticated { role: String },
 }
 
 impl Frame {
@@ -210,6 +222,8 @@ impl Frame {
             Frame::AdminResult { .. } => FrameKind::AdminResult,
             Frame::ReplicaSnapshotRequest { .. } => FrameKind::ReplicaSnapshotRequest,
             Frame::ReplicaSnapshotChunk { .. } => FrameKind::ReplicaSnapshotChunk,
+            Frame::Authenticate { .. } => FrameKind::Authenticate,
+            Frame::Authenticated { .. } => FrameKind::Authenticated,
         }
     }
 
@@ -355,6 +369,16 @@ fn encode_inner(
         Frame::ReplicaSnapshotRequest { shard } => {
             check_shard(*shard)?;
             put_u16(out, *shard);
+        }
+        Frame::Authenticate { token } => {
+            check_count("auth token bytes", token.len(), AUTH_TOKEN_BYTES_MAX)?;
+            put_count(out, token.len());
+            out.extend_from_slice(token);
+        }
+        Frame::Authenticated { role } => {
+            check_count("role name bytes", role.len(), ROLE_NAME_BYTES_MAX)?;
+            put_count(out, role.len());
+            out.extend_from_slice(role.as_bytes());
         }
         Frame::ReplicaSnapshotChunk {
             shard,
@@ -613,6 +637,22 @@ fn decode_body(frame: &[u8]) -> Result<Frame> {
             json: replication::read_admin_result(&mut r)?,
         },
         FrameKind::ReplicaSnapshotRequest => Frame::ReplicaSnapshotRequest { shard: r.shard()? },
+        FrameKind::Authenticate => {
+            let len = r.count("auth token bytes", AUTH_TOKEN_BYTES_MAX)?;
+            Frame::Authenticate {
+                token: r.slice(len)?.to_vec(),
+            }
+        }
+        FrameKind::Authenticated => {
+            let len = r.count("role name bytes", ROLE_NAME_BYTES_MAX)?;
+            let at = r.offset;
+            match std::str::from_utf8(r.slice(len)?) {
+                Ok(role) => Frame::Authenticated {
+                    role: role.to_owned(),
+                },
+                Err(e) => return r.fail(at + e.valid_up_to(), ProtocolErrorKind::MessageUtf8),
+            }
+        }
         FrameKind::ReplicaSnapshotChunk => {
             let shard = r.shard()?;
             let sequence = r.u64()?;

@@ -77,6 +77,12 @@ pub const STATUS_SHARDS_MAX: usize = paycore_engine::SHARD_COUNT_MAX as usize;
 /// Longest error message, in bytes of UTF-8.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 
+/// Longest credential an `authenticate` frame carries.
+pub const AUTH_TOKEN_BYTES_MAX: usize = 128;
+
+/// Longest role name an `authenticated` frame carries.
+pub const ROLE_NAME_BYTES_MAX: usize = 32;
+
 // Every count fits its u16 field, and the largest batch fits a frame.
 const _: () = {
     assert!(BATCH_COMMANDS_MAX <= u16::MAX as usize);

@@ -621,6 +621,12 @@ fn every_kind_is_covered_and_directions_are_set() {
             offset: 4,
             bytes: vec![9; 6],
         },
+        Frame::Authenticate {
+            token: b"secret".to_vec(),
+        },
+        Frame::Authenticated {
+            role: "replica".into(),
+        },
     ];
     assert_eq!(frames.len(), FrameKind::ALL.len());
     for (frame, kind) in frames.iter().zip(FrameKind::ALL) {

@@ -111,6 +111,9 @@ pub struct Sequencer {
     release_stop: Arc<std::sync::atomic::AtomicBool>,
     /// False while a standby: client writes are refused at once.
     accepting_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Per shard, the flag that asks its snapshot replica for a snapshot now (`None`: no
+    /// snapshots).
+    snapshot_requests: Vec<Option<Arc<std::sync::atomic::AtomicBool>>>,
     shard_count: u16,
     ring_capacity: usize,
 }
@@ -206,6 +209,7 @@ impl Sequencer {
         let mut journal_dirs = Vec::with_capacity(count);
         let mut retention_floors = Vec::with_capacity(count);
         let mut releasers = Vec::new();
+        let mut snapshot_requests = Vec::with_capacity(count);
         let release_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Legs debited before the last stop and not settled: send them again. A destination
         // that already applied one answers with its original decision (engine `decisions`).
@@ -238,6 +242,7 @@ impl Sequencer {
                 }
                 _ => None,
             };
+            snapshot_requests.push(snapshotter.as_ref().map(|s| s.requested.clone()));
             let (ring, ring_receiver) = crossbeam_channel::bounded(config.ring_requests_max);
             let mut shard_stats = ShardStats::default();
             if let Some(snapshotter) = &snapshotter {
@@ -357,6 +362,7 @@ impl Sequencer {
             releasers,
             release_stop,
             accepting_writes: Arc::new(std::sync::atomic::AtomicBool::new(!config.standby)),
+            snapshot_requests,
             shard_count: config.shard_count,
             ring_capacity: config.ring_requests_max,
         })
@@ -388,6 +394,18 @@ impl Sequencer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(floor);
+    }
+
+    /// Asks `shard`'s snapshot replica for a snapshot as soon as it has caught up; false when
+    /// this node takes no snapshots. [`ShardStats::snapshot_sequence`] says when it is there.
+    pub fn request_snapshot(&self, shard: u16) -> bool {
+        match self.snapshot_requests.get(usize::from(shard)) {
+            Some(Some(requested)) => {
+                requested.store(true, std::sync::atomic::Ordering::Release);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// True on a primary; false on a standby (client writes are refused).

@@ -190,6 +190,14 @@ impl ReplicationGate {
         self.released.load(Ordering::Acquire)
     }
 
+    /// A standby connected whose hello says it holds records up to `durable`: the gate follows
+    /// it from now on (the position can move back, to a standby that holds less than the
+    /// one before).
+    pub fn standby_joined(&self, durable: u64) {
+        self.standby_durable.store(durable, Ordering::Release);
+        self.wake();
+    }
+
     /// A standby acknowledged `durable` (never moves back).
     pub fn acknowledge(&self, durable: u64) {
         self.standby_durable.fetch_max(durable, Ordering::AcqRel);

@@ -131,6 +131,9 @@ pub struct Snapshotter {
     /// Sequence of the last record the replica applied (its lag behind the writer is what a
     /// low priority can let grow; exported as a metric).
     pub applied: Arc<AtomicU64>,
+    /// Set to ask for a snapshot as soon as the replica has caught up, whatever the policy
+    /// says (a standby that must be seeded, a disk running full); cleared when taken.
+    pub requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -140,7 +143,9 @@ impl Snapshotter {
         let stop = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(AtomicU64::new(0));
         let applied = Arc::new(AtomicU64::new(replica.engine.last_sequence()));
+        let requested = Arc::new(AtomicBool::new(false));
         let (stop_flag, latest_out, applied_out) = (stop.clone(), latest.clone(), applied.clone());
+        let asked = requested.clone();
         let thread = std::thread::Builder::new()
             .name(format!("snapshot-{}", replica.engine.config().shard))
             .spawn(move || {
@@ -178,14 +183,22 @@ impl Snapshotter {
                     let applied = replica.catch_up()?;
                     applied_out.store(replica.engine.last_sequence(), Ordering::Release);
                     since += applied;
-                    let due = since >= policy.every_records
+                    // On request: unless the newest snapshot taken here is already current.
+                    let on_request = asked.load(Ordering::Acquire)
+                        && (since > 0 || latest_out.load(Ordering::Acquire) == 0);
+                    let due = on_request
+                        || since >= policy.every_records
                         || (since > 0
                             && last_at.elapsed() >= Duration::from_millis(policy.every_ms));
+                    if asked.load(Ordering::Acquire) && !on_request {
+                        asked.store(false, Ordering::Release);
+                    }
                     if due {
                         let started = Instant::now();
                         let (sequence, bytes) = replica.snapshot()?;
                         prune_snapshots(&replica.snapshots, policy.keep)?;
                         latest_out.store(sequence, Ordering::Release);
+                        asked.store(false, Ordering::Release);
                         tracing::info!(
                             shard = replica.engine.config().shard,
                             sequence,
@@ -206,6 +219,7 @@ impl Snapshotter {
             stop,
             latest,
             applied,
+            requested,
             thread: Some(thread),
         }
     }

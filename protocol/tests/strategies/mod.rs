@@ -485,6 +485,9 @@ pub fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
 
 pub fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
+        1 => vec(any::<u8>(), 0..=paycore_protocol::AUTH_TOKEN_BYTES_MAX)
+            .prop_map(|token| Frame::Authenticate { token }),
+        1 => "[a-z_]{0,32}".prop_map(|role| Frame::Authenticated { role }),
         3 => vec(arb_client_command(), 1..12).prop_map(|commands| Frame::SubmitBatch { commands }),
         2 => vec(arb_command_result(), 1..12).prop_map(|results| Frame::BatchResult { results }),
         1 => arb_query().prop_map(Frame::Query),
