@@ -32,7 +32,8 @@ start_primary() { # mode
 
 start_standby() {
   "$BIN" node --data-dir "$ROOT/b" --shards 2 --listen "$STANDBY" --standby-of "$PRIMARY" \
-    --primary-trust "$ROOT/a/tls/cert.der" --replication async >"$ROOT/b.out" 2>"$ROOT/b.err" &
+    --primary-trust "$ROOT/a/tls/cert.der" --replication-token-file "$ROOT/a/replication.token" \
+    --replication async >"$ROOT/b.out" 2>"$ROOT/b.err" &
   pids+=($!); wait_for "$ROOT/b.out" "QUIC on"
 }
 
