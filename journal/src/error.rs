@@ -12,6 +12,10 @@ pub enum JournalError {
     /// further writes until the process restarts and recovery decides what is on disk.
     #[error("journal poisoned by a failed sync ({reason}); it accepts no more writes")]
     Poisoned { reason: String },
+    /// The next segment could not be prepared (a full disk): nothing was appended and the
+    /// journal is not poisoned; the writer refuses writes until there is room again.
+    #[error("no room for the next journal segment in {path}: {source}")]
+    NoRoom { path: PathBuf, source: io::Error },
     /// Damage that is not an unacknowledged torn tail: refuse to start.
     #[error(
         "journal corrupt: {path} at byte {offset}: {reason} (back up the folder, then start with \

@@ -19,6 +19,7 @@
 
 mod divergence;
 mod error;
+pub mod faults;
 pub mod format;
 mod reader;
 mod recovery;
@@ -31,5 +32,7 @@ pub use error::JournalError;
 pub use format::RecordRef;
 pub use reader::JournalReader;
 pub use recovery::{Recovered, RecoveryOptions, Truncation, recover};
-pub use storage::{MmapFile, MmapStorage, SegmentFile, Storage, SyncMethod, sync_dir};
+pub use storage::{
+    DiskSpace, MmapFile, MmapStorage, SegmentFile, Storage, SyncMethod, disk_space, sync_dir,
+};
 pub use writer::{Durability, JournalConfig, JournalWriter, SegmentInfo};

@@ -24,6 +24,8 @@ struct SimState {
     archived: Vec<String>,
     /// Syncs left before every sync fails (None: never fail).
     syncs_before_failure: Option<u64>,
+    /// The disk is full: creating or preparing a segment fails with `ENOSPC`.
+    full: bool,
 }
 
 /// A simulated folder; clones share the same files (a "restarted" writer opens a clone).
@@ -47,6 +49,13 @@ impl SimStorage {
     /// After `syncs` more successful syncs, every sync fails.
     pub fn fail_syncs_after(&self, syncs: u64) {
         lock(&self.state).syncs_before_failure = Some(syncs);
+    }
+
+    /// The disk fills up (`true`) or has room again (`false`): while full, creating or
+    /// preparing a segment fails with `ENOSPC` (writes into existing segments still succeed, as
+    /// they do into preallocated blocks).
+    pub fn set_full(&self, full: bool) {
+        lock(&self.state).full = full;
     }
 
     /// The power goes out: every file becomes its durable image plus, of the unsynced writes in
@@ -107,6 +116,9 @@ impl Storage for SimStorage {
     }
 
     fn create(&mut self, name: &str, len: u64) -> io::Result<SimFile> {
+        if lock(&self.state).full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let image = SimImage {
             live: vec![0; len],
@@ -175,6 +187,13 @@ impl Storage for SimStorage {
 
     fn path(&self, name: &str) -> PathBuf {
         PathBuf::from("sim").join(name)
+    }
+
+    fn prepare_next(&mut self, _len: u64) -> io::Result<()> {
+        if lock(&self.state).full {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 }
 

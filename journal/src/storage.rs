@@ -29,6 +29,24 @@ pub trait Storage: Send {
     fn backup(&mut self, name: &str, suffix: &str) -> io::Result<PathBuf>;
     /// Where a file lives, for messages.
     fn path(&self, name: &str) -> PathBuf;
+    /// Makes sure the next [`create`](Self::create) of `len` bytes needs no new disk space: the
+    /// spare segment is complete (waiting for the one being prepared, or preparing it now). An
+    /// error (a full disk) leaves no partial file and changes nothing: the caller may try again
+    /// later. Storage without a spare has nothing to prepare.
+    fn prepare_next(&mut self, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Space on the folder's filesystem; `None` where it is not known (simulated storage).
+    fn space(&self) -> io::Result<Option<DiskSpace>> {
+        Ok(None)
+    }
+}
+
+/// Free and total bytes of a filesystem, as an unprivileged process may use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// One segment file: a fixed-length byte array.
@@ -68,11 +86,28 @@ pub enum SyncMethod {
 /// Name of the file prepared in the background for the next segment.
 const SPARE_NAME: &str = "next-segment.creating";
 
-/// The next segment file, being prepared on a background thread.
+/// The next segment file: being prepared on a background thread, or complete.
 #[derive(Debug)]
 struct Spare {
     len: u64,
-    thread: std::thread::JoinHandle<io::Result<()>>,
+    state: SpareState,
+}
+
+#[derive(Debug)]
+enum SpareState {
+    Preparing(std::thread::JoinHandle<io::Result<()>>),
+    /// Complete on disk (its thread was joined and succeeded).
+    Ready,
+}
+
+impl Spare {
+    /// Waits for the spare; true when it is complete on disk.
+    fn finish(self) -> bool {
+        match self.state {
+            SpareState::Ready => true,
+            SpareState::Preparing(thread) => matches!(thread.join(), Ok(Ok(()))),
+        }
+    }
 }
 
 /// Where the spare's thread is kept, shared by every clone of one [`MmapStorage`].
@@ -96,7 +131,7 @@ impl SpareSlot {
             .replace(spare);
         if let Some(previous) = previous {
             // A clone created a segment meanwhile: its spare is the newer one.
-            let _ = previous.thread.join();
+            previous.finish();
         }
     }
 }
@@ -105,7 +140,7 @@ impl Drop for SpareSlot {
     fn drop(&mut self) {
         if let Some(spare) = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
             // The spare stays on disk, complete; `create` replaces it when sizes differ.
-            let _ = spare.thread.join();
+            spare.finish();
         }
     }
 }
@@ -153,7 +188,18 @@ impl MmapStorage {
 ///
 /// Where the filesystem has no `fallocate`, real zeros are written, 1 MiB at a time with an
 /// `fdatasync` after each, so that at most 1 MiB of them is ever queued ahead of a commit.
+///
+/// On failure (a full disk) the partial file is removed: blocks a failed `fallocate` kept would
+/// otherwise stay taken, and the file would be left behind for an operator to find.
 fn prepare_segment(path: &Path, len: u64) -> io::Result<()> {
+    let prepared = prepare_segment_file(path, len);
+    if prepared.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    prepared
+}
+
+fn prepare_segment_file(path: &Path, len: u64) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -205,6 +251,30 @@ fn allocate(_file: &File, _len: u64) -> io::Result<bool> {
     Ok(false)
 }
 
+/// Free and total space of the filesystem `dir` is on (`statvfs`: the free blocks an
+/// unprivileged process may use).
+#[cfg(unix)]
+pub fn disk_space(dir: &Path) -> io::Result<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    #[allow(unsafe_code)]
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stats` is a valid,
+    // exclusively borrowed struct the call fills in.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let block = stats.f_frsize as u64;
+    Ok(DiskSpace {
+        free_bytes: (stats.f_bavail as u64).saturating_mul(block),
+        total_bytes: (stats.f_blocks as u64).saturating_mul(block),
+    })
+}
+
 /// Fsyncs a folder, so that a file created, renamed or removed in it stays so after a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -230,8 +300,12 @@ impl Storage for MmapStorage {
         let path = self.dir.join(name);
         let spare = self.spare.take();
         let spare_ready = match spare {
-            Some(spare) if spare.len == len => matches!(spare.thread.join(), Ok(Ok(()))),
-            _ => false,
+            Some(spare) if spare.len == len => spare.finish(),
+            Some(spare) => {
+                spare.finish();
+                false
+            }
+            None => false,
         };
         if spare_ready {
             fs::rename(self.dir.join(SPARE_NAME), &path)?;
@@ -248,8 +322,36 @@ impl Storage for MmapStorage {
         let thread = std::thread::Builder::new()
             .name("journal-spare".into())
             .spawn(move || prepare_segment(&spare_path, len))?;
-        self.spare.put(Spare { len, thread });
+        self.spare.put(Spare {
+            len,
+            state: SpareState::Preparing(thread),
+        });
         Ok(mapped)
+    }
+
+    fn prepare_next(&mut self, len: u64) -> io::Result<()> {
+        if let Some(spare) = self.spare.take() {
+            let same_len = spare.len == len;
+            if spare.finish() && same_len {
+                self.spare.put(Spare {
+                    len,
+                    state: SpareState::Ready,
+                });
+                return Ok(());
+            }
+        }
+        // None, of another size, or its preparation failed (a full disk): try again now.
+        prepare_segment(&self.dir.join(SPARE_NAME), len)?;
+        sync_dir(&self.dir)?;
+        self.spare.put(Spare {
+            len,
+            state: SpareState::Ready,
+        });
+        Ok(())
+    }
+
+    fn space(&self) -> io::Result<Option<DiskSpace>> {
+        disk_space(&self.dir).map(Some)
     }
 
     fn open(&mut self, name: &str) -> io::Result<MmapFile> {
@@ -363,6 +465,9 @@ impl SegmentFile for MmapFile {
     fn write_out(&mut self) -> io::Result<()> {
         // Through the mapping, bytes are in the page cache as soon as they are copied.
         self.flush_pending();
+        if let Some(error) = crate::faults::sync_fault(&self.path) {
+            return Err(error);
+        }
         match self.write_error.take() {
             Some(error) => Err(error),
             None => Ok(()),
@@ -371,6 +476,9 @@ impl SegmentFile for MmapFile {
 
     fn sync(&mut self, offset: usize, len: usize) -> io::Result<()> {
         self.flush_pending();
+        if let Some(error) = crate::faults::sync_fault(&self.path) {
+            return Err(error);
+        }
         if let Some(error) = self.write_error.take() {
             return Err(error);
         }

@@ -176,6 +176,38 @@ impl<S: Storage> JournalWriter<S> {
         }
     }
 
+    /// Makes sure `bytes` of records can be appended without preparing a segment the disk may
+    /// refuse: they fit in the current segment, or the next one is complete on disk (the spare).
+    /// On `Err(NoRoom)` nothing was appended and the journal is not poisoned: the caller refuses
+    /// the batch (disk full) and asks again once there is space. Good for one roll: a batch of
+    /// more than a segment's bytes may still need a segment prepared while it is appended.
+    pub fn ensure_room(&mut self, bytes: u64) -> Result<(), JournalError> {
+        self.check_poisoned()?;
+        let fits = self
+            .segment
+            .as_ref()
+            .is_some_and(|s| self.write_offset as u64 + bytes <= s.len() as u64);
+        if fits {
+            return Ok(());
+        }
+        self.storage
+            .prepare_next(self.config.segment_bytes)
+            .map_err(|source| JournalError::NoRoom {
+                path: self.storage.path(""),
+                source,
+            })
+    }
+
+    /// Space on the journal's filesystem (`None`: not known, e.g. simulated storage).
+    pub fn space(&self) -> std::io::Result<Option<crate::storage::DiskSpace>> {
+        self.storage.space()
+    }
+
+    /// Why the journal refuses writes, if it does.
+    pub fn poisoned_reason(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
     /// Appends one record. It is durable only after the next [`commit`](Self::commit).
     pub fn append(
         &mut self,

@@ -177,19 +177,47 @@ fn write_snapshot_bytes(
     let name = snapshot_name(header.sequence);
     let path = dir.join(&name);
     let temporary = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&temporary).map_err(io(&temporary))?;
-    file.write_all(&header.encode()).map_err(io(&temporary))?;
+    // Check the room first: a snapshot that cannot fit is refused before it takes the journal's
+    // last free blocks.
+    let needed = (SNAPSHOT_HEADER_BYTES + payload.len()) as u64;
+    let space = paycore_journal::disk_space(dir).map_err(io(dir))?;
+    if space.free_bytes < needed {
+        return Err(SnapshotError::Io {
+            path: temporary,
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "no room for a snapshot of {needed} bytes ({} bytes free)",
+                    space.free_bytes
+                ),
+            ),
+        });
+    }
+    let written = write_file(&temporary, header, payload);
+    if written.is_err() {
+        // A partial image only takes space: nothing reads a `.tmp`.
+        let _ = fs::remove_file(&temporary);
+    }
+    written?;
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_dir(dir).map_err(io(dir))?;
+    Ok((path, needed))
+}
+
+fn write_file(
+    temporary: &Path,
+    header: &SnapshotHeader,
+    payload: &[u8],
+) -> Result<(), SnapshotError> {
+    let mut file = File::create(temporary).map_err(io(temporary))?;
+    file.write_all(&header.encode()).map_err(io(temporary))?;
     // Write in chunks and sync as we go: one fsync of a gigabyte at the end would saturate the
     // disk for seconds and stall the journal's group commits behind it.
     for chunk in payload.chunks(SNAPSHOT_SYNC_CHUNK_BYTES) {
-        file.write_all(chunk).map_err(io(&temporary))?;
-        file.sync_data().map_err(io(&temporary))?;
+        file.write_all(chunk).map_err(io(temporary))?;
+        file.sync_data().map_err(io(temporary))?;
     }
-    file.sync_all().map_err(io(&temporary))?;
-    drop(file);
-    fs::rename(&temporary, &path).map_err(io(&path))?;
-    sync_dir(dir).map_err(io(dir))?;
-    Ok((path, (SNAPSHOT_HEADER_BYTES + payload.len()) as u64))
+    file.sync_all().map_err(io(temporary))
 }
 
 /// Reads and fully validates one snapshot into an engine.

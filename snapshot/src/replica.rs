@@ -122,6 +122,9 @@ impl Default for SnapshotPolicy {
     }
 }
 
+/// How long after a failed snapshot (a full disk) the next attempt waits.
+pub const SNAPSHOT_RETRY_MS: u64 = 1_000;
+
 /// Handle of a snapshotter thread.
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -134,6 +137,12 @@ pub struct Snapshotter {
     /// Set to ask for a snapshot as soon as the replica has caught up, whatever the policy
     /// says (a standby that must be seeded, a disk running full); cleared when taken.
     pub requested: Arc<AtomicBool>,
+    /// Bytes of the newest snapshot written here (0: none yet): what the next one needs on
+    /// disk, about (the node's disk reserve counts it).
+    pub latest_bytes: Arc<AtomicU64>,
+    /// Snapshots that could not be written (a full disk): the replica goes on and tries again
+    /// [`SNAPSHOT_RETRY_MS`] later. The last failure's reason is logged.
+    pub failures: Arc<AtomicU64>,
     thread: Option<JoinHandle<Result<(), ShardError>>>,
 }
 
@@ -144,7 +153,10 @@ impl Snapshotter {
         let latest = Arc::new(AtomicU64::new(0));
         let applied = Arc::new(AtomicU64::new(replica.engine.last_sequence()));
         let requested = Arc::new(AtomicBool::new(false));
+        let latest_bytes = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
         let (stop_flag, latest_out, applied_out) = (stop.clone(), latest.clone(), applied.clone());
+        let (bytes_out, failures_out) = (latest_bytes.clone(), failures.clone());
         let asked = requested.clone();
         let thread = std::thread::Builder::new()
             .name(format!("snapshot-{}", replica.engine.config().shard))
@@ -153,6 +165,7 @@ impl Snapshotter {
                 let mut last_at = Instant::now();
                 let mut priority = Priority::Normal;
                 let mut boost_refused = false;
+                let mut retry_at: Option<Instant> = None;
                 while !stop_flag.load(Ordering::Acquire) {
                     let wanted = if policy.nice <= 0 {
                         Priority::Normal
@@ -186,28 +199,51 @@ impl Snapshotter {
                     // On request: unless the newest snapshot taken here is already current.
                     let on_request = asked.load(Ordering::Acquire)
                         && (since > 0 || latest_out.load(Ordering::Acquire) == 0);
-                    let due = on_request
+                    let due = (on_request
                         || since >= policy.every_records
                         || (since > 0
-                            && last_at.elapsed() >= Duration::from_millis(policy.every_ms));
+                            && last_at.elapsed() >= Duration::from_millis(policy.every_ms)))
+                        && retry_at.is_none_or(|at| Instant::now() >= at);
                     if asked.load(Ordering::Acquire) && !on_request {
                         asked.store(false, Ordering::Release);
                     }
                     if due {
                         let started = Instant::now();
-                        let (sequence, bytes) = replica.snapshot()?;
-                        prune_snapshots(&replica.snapshots, policy.keep)?;
-                        latest_out.store(sequence, Ordering::Release);
-                        asked.store(false, Ordering::Release);
-                        tracing::info!(
-                            shard = replica.engine.config().shard,
-                            sequence,
-                            bytes,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "snapshot written"
-                        );
-                        since = 0;
-                        last_at = Instant::now();
+                        match replica.snapshot() {
+                            Ok((sequence, bytes)) => {
+                                // Older snapshots go only once the new one is in place.
+                                if let Err(error) = prune_snapshots(&replica.snapshots, policy.keep)
+                                {
+                                    tracing::warn!(%error, "old snapshots not pruned");
+                                }
+                                bytes_out.store(bytes, Ordering::Release);
+                                latest_out.store(sequence, Ordering::Release);
+                                asked.store(false, Ordering::Release);
+                                tracing::info!(
+                                    shard = replica.engine.config().shard,
+                                    sequence,
+                                    bytes,
+                                    took_ms = started.elapsed().as_millis() as u64,
+                                    "snapshot written"
+                                );
+                                since = 0;
+                                last_at = Instant::now();
+                                retry_at = None;
+                            }
+                            Err(error) => {
+                                // A full disk must not end snapshots for good: the journal
+                                // can only be retired behind one. Try again a little later.
+                                failures_out.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(
+                                    shard = replica.engine.config().shard,
+                                    %error,
+                                    retry_ms = SNAPSHOT_RETRY_MS,
+                                    "snapshot not written"
+                                );
+                                retry_at =
+                                    Some(Instant::now() + Duration::from_millis(SNAPSHOT_RETRY_MS));
+                            }
+                        }
                     } else if applied == 0 {
                         std::thread::sleep(Duration::from_millis(2));
                     }
@@ -220,6 +256,8 @@ impl Snapshotter {
             latest,
             applied,
             requested,
+            latest_bytes,
+            failures,
             thread: Some(thread),
         }
     }
