@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod link;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -41,6 +42,11 @@ pub struct ClientConfig {
     /// Instead of the file: trust exactly the certificate with this SHA-256 fingerprint (the
     /// node prints it at start). Takes precedence over `trust_der_path` when set.
     pub trust_sha256: Option<[u8; 32]>,
+    /// More certificates to trust beside `trust_der_path` (the other nodes of a cluster whose
+    /// nodes have certificates of their own), by file.
+    pub also_trust_der_paths: Vec<PathBuf>,
+    /// More fingerprints to accept beside `trust_sha256`.
+    pub also_trust_sha256: Vec<[u8; 32]>,
     /// Client certificate and PKCS#8 key files (DER), for a node that requires them (`--ca`).
     pub identity_der_paths: Option<(PathBuf, PathBuf)>,
     /// Timeout of one attempt of one request.
@@ -49,7 +55,21 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Backoff before the first retry; doubles each time.
     pub retry_backoff_ms: u64,
+    /// Time allowed for the QUIC handshake with one node, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How often an idle connection sends a QUIC PING so that neither side drops it, in
+    /// milliseconds. Must be well inside `idle_timeout_ms` (and the node's
+    /// `--quic-idle-timeout-ms`): a third of it at most.
+    pub keep_alive_ms: u64,
+    /// A connection that hears nothing from the node for this long is lost, in milliseconds.
+    /// QUIC uses the smaller of this and the node's idle timeout.
+    pub idle_timeout_ms: u64,
 }
+
+/// Default of [`ClientConfig::keep_alive_ms`]: a sixth of the default idle timeout.
+pub const KEEP_ALIVE_MS_DEFAULT: u64 = 5_000;
+/// Default of [`ClientConfig::idle_timeout_ms`] (quinn's own default).
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 impl ClientConfig {
     pub fn new(server: SocketAddr, trust_der_path: PathBuf) -> ClientConfig {
@@ -58,11 +78,32 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust_der_path,
             trust_sha256: None,
+            also_trust_der_paths: Vec::new(),
+            also_trust_sha256: Vec::new(),
             identity_der_paths: None,
             request_timeout_ms: 10_000,
             retries_max: 5,
             retry_backoff_ms: 2,
+            connect_timeout_ms: 5_000,
+            keep_alive_ms: KEEP_ALIVE_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
         }
+    }
+
+    /// The QUIC transport settings: keep-alive inside the idle timeout.
+    pub fn transport(&self) -> Result<quinn::TransportConfig, String> {
+        if self.keep_alive_ms == 0 || self.keep_alive_ms.saturating_mul(3) > self.idle_timeout_ms {
+            return Err(format!(
+                "keep-alive every {} ms is not well inside the idle timeout of {} ms (at most a third)",
+                self.keep_alive_ms, self.idle_timeout_ms
+            ));
+        }
+        let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .map_err(|e| format!("idle timeout {} ms: {e}", self.idle_timeout_ms))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(idle));
+        transport.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)));
+        Ok(transport)
     }
 }
 
@@ -84,6 +125,33 @@ pub enum ClientError {
     Protocol(String),
     #[error("a batch holds 1 to {BATCH_COMMANDS_MAX} commands, not {0}")]
     BatchSize(usize),
+    #[error("invalid client settings: {0}")]
+    Settings(String),
+    #[error("no primary among {servers} within {waited_ms} ms: {reason}")]
+    NoPrimary {
+        servers: String,
+        waited_ms: u64,
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the connection this came from is gone or unusable (another node, or the same
+    /// one reconnected, may answer).
+    pub fn is_link_failure(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connection(_)
+                | ClientError::Connect { .. }
+                | ClientError::Protocol(_)
+                | ClientError::Timeout(_)
+        )
+    }
+
+    /// Whether the node said it is not the primary (a standby, or a fenced old primary).
+    pub fn is_not_primary(&self) -> bool {
+        matches!(self, ClientError::Node { code, .. } if *code == paycore_protocol::ErrorCode::NOT_PRIMARY.0)
+    }
 }
 
 /// A connection to one node.
@@ -114,8 +182,19 @@ pub fn quic_client_config_with(
     certificate: CertificateDer<'static>,
     identity: Option<Identity>,
 ) -> Result<quinn::ClientConfig, String> {
+    quic_client_config_trusting(vec![certificate], identity)
+}
+
+/// The QUIC client configuration that trusts each of `certificates` and, if given,
+/// authenticates with `identity`.
+pub fn quic_client_config_trusting(
+    certificates: Vec<CertificateDer<'static>>,
+    identity: Option<Identity>,
+) -> Result<quinn::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(certificate).map_err(|e| e.to_string())?;
+    for certificate in certificates {
+        roots.add(certificate).map_err(|e| e.to_string())?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -156,7 +235,7 @@ pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
 /// Trusts exactly one certificate, by fingerprint; handshake signatures are still checked.
 #[derive(Debug)]
 struct PinnedCertificate {
-    sha256: [u8; 32],
+    sha256: Vec<[u8; 32]>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -169,7 +248,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity.as_ref()) == self.sha256 {
+        if self.sha256.contains(&fingerprint(end_entity.as_ref())) {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
@@ -215,6 +294,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
 
 /// The QUIC client configuration that trusts exactly the certificate with `sha256`.
 pub fn quic_client_config_pinned(sha256: [u8; 32]) -> Result<quinn::ClientConfig, String> {
+    quic_client_config_pinned_any(vec![sha256])
+}
+
+/// The QUIC client configuration that trusts exactly the certificates with these
+/// fingerprints.
+pub fn quic_client_config_pinned_any(sha256: Vec<[u8; 32]>) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -237,13 +322,25 @@ impl Client {
             None => None,
         };
         let quic = match config.trust_sha256 {
-            Some(sha256) => quic_client_config_pinned(sha256),
-            None => quic_client_config_with(read_certificate(&config.trust_der_path)?, identity),
+            Some(sha256) => {
+                let mut pins = vec![sha256];
+                pins.extend(config.also_trust_sha256.iter().copied());
+                quic_client_config_pinned_any(pins)
+            }
+            None => {
+                let mut trusted = vec![read_certificate(&config.trust_der_path)?];
+                for path in &config.also_trust_der_paths {
+                    trusted.push(read_certificate(path)?);
+                }
+                quic_client_config_trusting(trusted, identity)
+            }
         }
         .map_err(|reason| ClientError::Certificate {
             path: config.trust_der_path.clone(),
             reason,
         })?;
+        let mut quic = quic;
+        quic.transport_config(Arc::new(config.transport().map_err(ClientError::Settings)?));
         let bind: SocketAddr = if config.server.is_ipv6() {
             "[::]:0"
         } else {
@@ -265,10 +362,16 @@ impl Client {
                 server: config.server,
                 reason: e.to_string(),
             })?;
-        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let timeout = Duration::from_millis(config.connect_timeout_ms);
         let connection = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| ClientError::Timeout(config.request_timeout_ms))?
+            .map_err(|_| ClientError::Connect {
+                server: config.server,
+                reason: format!(
+                    "no QUIC handshake within {} ms (nothing listens there, or it is not a paycore node)",
+                    config.connect_timeout_ms
+                ),
+            })?
             .map_err(|e| ClientError::Connect {
                 server: config.server,
                 reason: e.to_string(),
@@ -429,6 +532,20 @@ impl Client {
             reader: FrameReader::new(),
             chunk: vec![0u8; 64 * 1024],
         })
+    }
+
+    /// The node this client talks to.
+    pub fn server(&self) -> SocketAddr {
+        self.config.server
+    }
+
+    /// The node's role (`primary`, `standby`, …) and epoch, from its status.
+    pub async fn role(&self) -> Result<(String, u64), ClientError> {
+        let json = self.admin(paycore_protocol::AdminCommand::Status).await?;
+        let status: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let role = status["role"].as_str().unwrap_or("unknown").to_owned();
+        Ok((role, status["epoch"].as_u64().unwrap_or(0)))
     }
 
     /// Closes the connection politely.

@@ -1,9 +1,18 @@
-//! The gateway's link to the core: one QUIC connection (the client library multiplexes every
-//! request over it), reconnected on demand after it is lost.
+//! The gateway's link to the core: a [`paycore_client::link::Link`] to the primary among
+//! `--core A,B,…` (one QUIC connection, kept alive, reconnected and moved to a new primary in
+//! the background), and the request policy on top of it.
+//!
+//! A request waits for a primary at most `--core-wait-ms` in all: a command whose connection
+//! was lost, or that a standby or fenced node refused, is sent again **with the same
+//! idempotency key** (the engine answers a key it has seen with its first outcome, so a resend
+//! never applies twice) until it has an outcome or the time is up; then the answer is 503
+//! `core_unavailable` with `Retry-After`, never a 500.
 
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paycore_client::link::Link;
 use paycore_client::{Client, ClientConfig, ClientError};
 use paycore_engine::{Command, IdempotencyKey, Op, Outcome};
 use paycore_protocol::{CommandResult, Query, QueryResult};
@@ -11,16 +20,21 @@ use paycore_protocol::{CommandResult, Query, QueryResult};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
+/// Pause before a command or query is sent again after a lost connection or a refusal by a
+/// node that is not the primary, in milliseconds (the link looks for the primary meanwhile).
+const RESEND_PAUSE_MS: u64 = 25;
+
 #[derive(Debug)]
 pub struct Core {
-    config: ClientConfig,
-    client: RwLock<Option<Arc<Client>>>,
-    connecting: tokio::sync::Mutex<()>,
+    link: Link,
+    /// How long one request waits for a primary in all.
+    wait: Duration,
     metrics: Arc<Metrics>,
 }
 
 fn unavailable(error: &ClientError) -> ApiError {
-    tracing::warn!(%error, "core request failed");
+    // The link logs its outages once; a request that gave up is not news.
+    tracing::debug!(%error, "core request failed");
     ApiError::unavailable(
         "core_unavailable",
         "the payment core cannot be reached; retry",
@@ -28,53 +42,35 @@ fn unavailable(error: &ClientError) -> ApiError {
 }
 
 impl Core {
-    pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Core {
-        Core {
-            config,
-            client: RwLock::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+    /// Starts the link to `servers` (needs a tokio runtime). Fails only on settings that can
+    /// never work (no address, keep-alive not inside the idle timeout).
+    pub fn new(
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Core, String> {
+        let link = Link::start(config, servers).map_err(|e| format!("--core: {e}"))?;
+        Ok(Core {
+            link,
+            wait,
             metrics,
-        }
+        })
     }
 
-    fn current(&self) -> Option<Arc<Client>> {
-        self.client
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The core's addresses, comma-separated.
+    pub fn servers(&self) -> String {
+        self.link.servers()
     }
 
-    /// The connected client, connecting first if needed.
+    /// A connected client (for subscriptions), waiting up to the request wait.
     pub async fn client(&self) -> Result<Arc<Client>, ApiError> {
-        if let Some(client) = self.current() {
-            return Ok(client);
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(client) = self.current() {
-            return Ok(client);
-        }
-        let client = Arc::new(
-            Client::connect(self.config.clone())
-                .await
-                .map_err(|e| unavailable(&e))?,
-        );
-        *self
-            .client
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(client.clone());
-        Ok(client)
+        self.link.any(self.wait).await.map_err(|e| unavailable(&e))
     }
 
-    fn forget(&self, error: &ClientError) {
-        if matches!(
-            error,
-            ClientError::Connection(_) | ClientError::Connect { .. } | ClientError::Protocol(_)
-        ) {
-            *self
-                .client
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        }
+    /// The link, for callers that wait on their own terms (the event follower).
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     fn timed(&self, started: Instant, what: &str) {
@@ -85,42 +81,77 @@ impl Core {
         );
     }
 
-    /// Submits one client command under `key`; its outcome.
+    /// Submits one client command under `key`; its outcome. Resent with the same key after a
+    /// lost connection or a failover, within the request wait (see the module docs).
     pub async fn submit(&self, key: &str, op: Op) -> Result<Outcome, ApiError> {
         let key = IdempotencyKey::new(key.as_bytes())
             .map_err(|_| ApiError::bad_request("idempotency_key_invalid", "key too long"))?;
-        let client = self.client().await?;
-        let started = Instant::now();
-        let result = client.submit(vec![Command::Client { key, op }]).await;
-        self.timed(started, "submit");
-        let results = result.map_err(|e| {
-            self.forget(&e);
-            unavailable(&e)
-        })?;
-        match results.first() {
-            Some(CommandResult::Outcome(outcome)) => Ok(*outcome),
-            _ => Err(ApiError::unavailable(
-                "core_busy",
-                "the payment core is busy; retry with the same Idempotency-Key",
-            )),
+        let command = Command::Client { key, op };
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let client = self.link.primary(left).await.map_err(|e| unavailable(&e))?;
+            let started = Instant::now();
+            let result = client.submit(vec![command.clone()]).await;
+            self.timed(started, "submit");
+            let retry = match result {
+                Ok(results) => match results.first() {
+                    Some(CommandResult::Outcome(outcome)) => return Ok(*outcome),
+                    // A standby, or a primary that lost its standby's acknowledgements or
+                    // was fenced: maybe another node is the primary now.
+                    Some(CommandResult::ShardUnavailable) => ClientError::Node {
+                        code: paycore_protocol::ErrorCode::SHARD_UNAVAILABLE.0,
+                        message: "shard unavailable".into(),
+                    },
+                    _ => {
+                        return Err(ApiError::unavailable(
+                            "core_busy",
+                            "the payment core is busy; retry with the same Idempotency-Key",
+                        ));
+                    }
+                },
+                Err(error) if error.is_link_failure() || error.is_not_primary() => error,
+                Err(error) => return Err(unavailable(&error)),
+            };
+            self.link.recheck();
+            if Instant::now() + Duration::from_millis(RESEND_PAUSE_MS) >= deadline {
+                return Err(unavailable(&retry));
+            }
+            tokio::time::sleep(Duration::from_millis(RESEND_PAUSE_MS)).await;
         }
     }
 
+    /// A query, sent again after a lost connection or `not_primary` within the request wait.
     pub async fn query(&self, query: Query) -> Result<QueryResult, ApiError> {
-        let client = self.client().await?;
-        let started = Instant::now();
-        let result = client.query(query).await;
-        self.timed(started, "query");
-        result.map_err(|e| {
-            self.forget(&e);
-            unavailable(&e)
-        })
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let client = self.link.any(left).await.map_err(|e| unavailable(&e))?;
+            let started = Instant::now();
+            let result = client.query(query.clone()).await;
+            self.timed(started, "query");
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(error) if error.is_link_failure() || error.is_not_primary() => {
+                    self.link.recheck();
+                    if Instant::now() + Duration::from_millis(RESEND_PAUSE_MS) >= deadline {
+                        return Err(unavailable(&error));
+                    }
+                    tokio::time::sleep(Duration::from_millis(RESEND_PAUSE_MS)).await;
+                }
+                Err(error) => return Err(unavailable(&error)),
+            }
+        }
     }
 
-    /// Whether the core answers a status query within `timeout`.
+    /// Whether the core answers a status query within `timeout` now: false only while no
+    /// node is connected or the connected one does not answer (no reconnection is waited for).
     pub async fn ready(&self, timeout: Duration) -> bool {
+        let Some(client) = self.link.current() else {
+            return false;
+        };
         matches!(
-            tokio::time::timeout(timeout, self.query(Query::Status)).await,
+            tokio::time::timeout(timeout, client.query(Query::Status)).await,
             Ok(Ok(QueryResult::Status(_)))
         )
     }

@@ -70,15 +70,19 @@ struct WalletInfo {
     scale: u8,
 }
 
+/// Pause before the event subscription is resumed after it ended, in milliseconds.
+const RESUBSCRIBE_PAUSE_MS: u64 = 50;
+
 /// Follows the core's events until the process ends.
 pub async fn follow(state: Shared) {
     let mut positions: HashMap<u16, u64> = HashMap::new();
     let mut wallets: HashMap<WalletId, WalletInfo> = HashMap::new();
     loop {
         if let Err(error) = follow_once(&state, &mut positions, &mut wallets).await {
-            tracing::warn!(%error, "event subscription ended; resubscribing");
+            // The core link logs its outages once; this follows from one.
+            tracing::debug!(%error, "event subscription ended; resuming where it stopped");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_PAUSE_MS)).await;
     }
 }
 

@@ -87,10 +87,30 @@ use crate::users::Store;
 /// Settings of `paycore gateway` (each also read from a `PAYCORE_GATEWAY_…` variable).
 #[derive(Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// The core node's QUIC address.
-    #[arg(long, env = "PAYCORE_GATEWAY_CORE", default_value = "127.0.0.1:7400")]
-    pub core: SocketAddr,
-    /// Trust for the core's certificate: a DER file, or its SHA-256 fingerprint (64 hex digits).
+    /// The core's QUIC addresses: the primary and its standbys, comma-separated (the gateway
+    /// follows whichever says it is the primary, e.g. after `paycore promote`).
+    #[arg(
+        long,
+        env = "PAYCORE_GATEWAY_CORE",
+        default_value = "127.0.0.1:7400",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    pub core: Vec<SocketAddr>,
+    /// How often the idle QUIC connection to the core is kept alive (PING), in milliseconds;
+    /// at most a third of --core-idle-timeout-ms.
+    #[arg(long, env = "PAYCORE_GATEWAY_CORE_KEEP_ALIVE_MS", default_value_t = paycore_client::KEEP_ALIVE_MS_DEFAULT)]
+    pub core_keep_alive_ms: u64,
+    /// The connection to the core counts as lost after this long without hearing from it, in
+    /// milliseconds (QUIC takes the smaller of this and the node's --quic-idle-timeout-ms).
+    #[arg(long, env = "PAYCORE_GATEWAY_CORE_IDLE_TIMEOUT_MS", default_value_t = paycore_client::IDLE_TIMEOUT_MS_DEFAULT)]
+    pub core_idle_timeout_ms: u64,
+    /// How long a request waits for a primary (reconnecting, or after a failover) before it
+    /// is answered 503 `core_unavailable` with Retry-After, in milliseconds.
+    #[arg(long, env = "PAYCORE_GATEWAY_CORE_WAIT_MS", default_value_t = 5_000)]
+    pub core_wait_ms: u64,
+    /// Trust for the core's certificate: a DER file, or its SHA-256 fingerprint (64 hex digits);
+    /// comma-separated, one per node, when the nodes of --core have certificates of their own.
     #[arg(
         long,
         env = "PAYCORE_GATEWAY_TRUST",
@@ -193,6 +213,9 @@ impl std::fmt::Debug for GatewayArgs {
         };
         f.debug_struct("GatewayArgs")
             .field("core", &self.core)
+            .field("core_keep_alive_ms", &self.core_keep_alive_ms)
+            .field("core_idle_timeout_ms", &self.core_idle_timeout_ms)
+            .field("core_wait_ms", &self.core_wait_ms)
             .field("trust", &self.trust)
             .field("listen", &self.listen)
             .field("sqlite", &self.sqlite)
@@ -229,7 +252,10 @@ impl GatewayArgs {
         let mut args = Wrapper::try_parse_from(["gateway"])
             .map(|w| w.args)
             .unwrap_or_else(|_| GatewayArgs {
-                core,
+                core: vec![core],
+                core_keep_alive_ms: paycore_client::KEEP_ALIVE_MS_DEFAULT,
+                core_idle_timeout_ms: paycore_client::IDLE_TIMEOUT_MS_DEFAULT,
+                core_wait_ms: 5_000,
                 trust: trust.clone(),
                 listen,
                 sqlite: "./paycore-data/gateway.sqlite".into(),
@@ -250,7 +276,7 @@ impl GatewayArgs {
                 redis_prefix: "paycore:rl:".into(),
                 two_factor_above: "1000".into(),
             });
-        args.core = core;
+        args.core = vec![core];
         args.trust = trust;
         args.listen = listen;
         args
@@ -319,9 +345,33 @@ fn parse_currencies(text: &str) -> Result<BTreeMap<CurrencyCode, u8>, String> {
 }
 
 fn client_config(args: &GatewayArgs) -> ClientConfig {
-    let mut config = ClientConfig::new(args.core, PathBuf::from(&args.trust));
-    config.trust_sha256 = paycore_client::parse_fingerprint(&args.trust);
+    let first = args
+        .core
+        .first()
+        .copied()
+        .unwrap_or(([127, 0, 0, 1], 7400).into());
+    // `--trust` lists one certificate per node when the nodes have their own: all files, or
+    // all fingerprints.
+    let items: Vec<&str> = args
+        .trust
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut config = ClientConfig::new(first, PathBuf::from(items.first().unwrap_or(&"")));
+    config.trust_sha256 = items
+        .first()
+        .and_then(|t| paycore_client::parse_fingerprint(t));
+    for item in items.iter().skip(1) {
+        match paycore_client::parse_fingerprint(item) {
+            Some(sha256) => config.also_trust_sha256.push(sha256),
+            None => config.also_trust_der_paths.push(PathBuf::from(item)),
+        }
+    }
     config.request_timeout_ms = 5_000;
+    config.connect_timeout_ms = 2_000;
+    config.keep_alive_ms = args.core_keep_alive_ms;
+    config.idle_timeout_ms = args.core_idle_timeout_ms;
     config
 }
 
@@ -361,7 +411,12 @@ pub async fn state(args: GatewayArgs) -> Result<Shared, String> {
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(AppState {
         store,
-        core: core::Core::new(client_config(&args), metrics.clone()),
+        core: core::Core::new(
+            client_config(&args),
+            args.core.clone(),
+            Duration::from_millis(args.core_wait_ms),
+            metrics.clone(),
+        )?,
         jwt: auth::Jwt::new(&secret, &args.jwt_audience)?,
         challenge_jwt: auth::Jwt::new(&secret, &format!("{}:2fa", args.jwt_audience))?,
         totp: args
@@ -407,7 +462,8 @@ async fn register_currencies(state: Shared) {
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "core not reachable yet; registering currencies later");
+                    // The core link logs the outage once.
+                    tracing::debug!(%error, "core not reachable yet; registering currencies later");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -511,7 +567,7 @@ pub fn run(args: GatewayArgs) -> Result<(), String> {
         println!(
             "paycore gateway: http://{} (core {}, store {})",
             gateway.addr,
-            gateway.state.args.core,
+            gateway.state.core.servers(),
             gateway.state.store.engine_name()
         );
         wait_for_signal().await;

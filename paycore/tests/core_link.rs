@@ -1,0 +1,631 @@
+//! The gateway keeps its link to the core (issue 15), with real processes and sockets: a
+//! `paycore node` (or a primary and its standby) and a `paycore gateway`, each a child
+//! process with its log in a file, driven over HTTP and WebSocket on loopback.
+//!
+//! - `an_idle_link_outlives_the_idle_timeout`: keep-alive holds the connection through an idle
+//!   period three times the idle timeout; the next journey sees no 503 and the log no warning.
+//! - `the_gateway_rides_out_a_node_restart`: SIGKILL and restart of the node under a running
+//!   gateway: 503 with Retry-After only while it is down; a WebSocket held through the outage
+//!   gets every event of its wallets once, in order.
+//! - `the_gateway_follows_a_promoted_standby`: `--core P,S`, SIGKILL of P and `paycore promote`
+//!   of S under HTTP load: every acknowledged send is applied, none twice.
+//! - `a_burst_past_the_event_window_loses_no_event`: the node's in-memory event window is far
+//!   smaller than a burst; the WebSocket still gets every event of its user.
+//! - `bad_core_addresses_give_clear_errors`: an unreachable address beside a good one, an
+//!   address that is not a paycore node, a certificate that does not match.
+
+mod gateway_support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gateway_support::{JWT_SECRET, PASSWORD, Response, WEBHOOK_SECRET, call_at};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn root(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("paycore-link-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("root");
+    dir
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A child process killed when dropped, its stderr in `log`.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[String], log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Process::new(env!("CARGO_BIN_EXE_paycore"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("paycore");
+        Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node on a fixed port (so a restart comes back at the same address).
+struct Node {
+    proc: Proc,
+    dir: PathBuf,
+    addr: SocketAddr,
+    args: Vec<String>,
+}
+
+impl Node {
+    fn start(dir: &Path, extra: &[&str]) -> Node {
+        std::fs::create_dir_all(dir).expect("node dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+            .parse()
+            .expect("addr");
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--shards".into(),
+            "1".into(),
+            "--no-flush".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut node = Node {
+            proc: Proc::spawn(&args, &dir.with_extension("log")),
+            dir: dir.to_path_buf(),
+            addr,
+            args,
+        };
+        node.wait_listening();
+        node
+    }
+
+    /// Waits for the node's start line in its log (bounded).
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.dir.join("tls/cert.der").exists() && self.proc.log().contains("QUIC on") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not start: {}", self.proc.log());
+    }
+
+    fn restart(&mut self) {
+        self.proc.kill();
+        let log = self.dir.with_extension("log2");
+        self.proc = Proc::spawn(&self.args, &log);
+    }
+
+    fn trust(&self) -> PathBuf {
+        self.dir.join("tls/cert.der")
+    }
+}
+
+/// A `paycore gateway` child process.
+struct Gateway {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    fn start(dir: &Path, core: &str, trust: &str, extra: &[&str]) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
+            .parse()
+            .expect("addr");
+        let mut args: Vec<String> = [
+            "gateway",
+            "--core",
+            core,
+            "--trust",
+            trust,
+            "--listen",
+            &addr.to_string(),
+            "--jwt-secret",
+            JWT_SECRET,
+            "--webhook-secret",
+            WEBHOOK_SECRET,
+            "--rate-limits",
+            "off",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.push("--sqlite".into());
+        args.push(dir.join("gateway.sqlite").display().to_string());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Gateway {
+            proc: Proc::spawn(&args, &dir.join("gateway.log")),
+            addr,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let body = body.to_string();
+        let body = (method != "GET").then_some(body.as_bytes());
+        call_at(self.addr, method, path, token, &[], body).await
+    }
+
+    /// Waits until `/ready` answers 200 (bounded).
+    async fn ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                let response = call_at(self.addr, "GET", "/ready", None, &[], None).await;
+                if response.status == 200 {
+                    return;
+                }
+                last = response.text();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway never ready: {last}\n{}", self.proc.log());
+    }
+
+    async fn user(&self, email: &str) -> String {
+        let registered = self
+            .call(
+                "POST",
+                "/api/v1/users/register",
+                None,
+                &json!({"email": email, "password": PASSWORD, "full_name": "Link Test"}),
+            )
+            .await;
+        assert_eq!(registered.status, 201, "{}", registered.text());
+        let login = self
+            .call(
+                "POST",
+                "/api/v1/users/login",
+                None,
+                &json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(login.status, 200, "{}", login.text());
+        login.json()["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    async fn wallet(&self, token: &str) -> String {
+        let opened = self
+            .call(
+                "POST",
+                "/api/v1/wallets",
+                Some(token),
+                &json!({"currency": "USD"}),
+            )
+            .await;
+        assert_eq!(opened.status, 201, "{}", opened.text());
+        opened.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn deposit(&self, wallet: &str, amount: &str, id: &str) -> Response {
+        let body = json!({
+            "id": id,
+            "type": "deposit.succeeded",
+            "data": {"wallet_id": wallet, "amount": amount, "currency": "USD", "reference": "bank"},
+        })
+        .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let signature =
+            paycore_gateway::sign_webhook(WEBHOOK_SECRET.as_bytes(), now, body.as_bytes());
+        call_at(
+            self.addr,
+            "POST",
+            "/api/v1/webhooks/provider",
+            None,
+            &[("paycore-signature", &signature)],
+            Some(body.as_bytes()),
+        )
+        .await
+    }
+
+    async fn send(&self, token: &str, key: &str, route: (&str, &str), amount: &str) -> Response {
+        let (from, to) = route;
+        let body = json!({"from_wallet_id": from, "to_wallet_id": to, "amount": amount, "currency": "USD"})
+            .to_string();
+        call_at(
+            self.addr,
+            "POST",
+            "/api/v1/transactions/send",
+            Some(token),
+            &[("idempotency-key", key)],
+            Some(body.as_bytes()),
+        )
+        .await
+    }
+
+    async fn balance(&self, token: &str, wallet: &str) -> String {
+        let response = self
+            .call(
+                "GET",
+                &format!("/api/v1/wallets/{wallet}"),
+                Some(token),
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()["balance"]
+            .as_str()
+            .expect("balance")
+            .to_owned()
+    }
+
+    /// Sends `key` until it is acknowledged (201), bounded; the answers before.
+    async fn send_until_done(
+        &self,
+        token: &str,
+        key: &str,
+        route: (&str, &str),
+        amount: &str,
+    ) -> Vec<u16> {
+        let mut answers = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let response = self.send(token, key, route, amount).await;
+            answers.push(response.status);
+            if response.status == 201 {
+                return answers;
+            }
+            assert_eq!(response.status, 503, "{}", response.text());
+            assert!(
+                response.header("retry-after").is_some(),
+                "503 without Retry-After"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{key} never acknowledged: {answers:?}\n{}", self.proc.log());
+    }
+
+    /// WARN and ERROR lines of the gateway's log after `skip` bytes.
+    fn warnings_after(&self, skip: usize) -> Vec<String> {
+        let log = self.proc.log();
+        log.get(skip..)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\"") || l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn websocket(gateway: &Gateway, token: &str, query: &str) -> Socket {
+    let url = format!(
+        "ws://{}/api/v1/ws?access_token={token}{query}",
+        gateway.addr
+    );
+    let mut socket = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket")
+        .0;
+    socket
+        .send(Message::Text(
+            json!({"type": "subscribe.transactions"}).to_string().into(),
+        ))
+        .await
+        .expect("subscribe");
+    socket
+}
+
+/// Every message until `enough` says stop or `quiet` passes without one (bounded by WAIT).
+async fn collect(
+    socket: &mut Socket,
+    quiet: Duration,
+    enough: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && !enough(&out) {
+        match tokio::time::timeout(quiet, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if let Ok(value) = serde_json::from_str::<Value>(text.as_str()) {
+                    out.push(value);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The `transaction.sent` events among `messages`: no id twice, and their count.
+fn sent_events(messages: &[Value]) -> usize {
+    let sent: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["type"] == "transaction.sent")
+        .collect();
+    let mut ids: Vec<&str> = sent
+        .iter()
+        .map(|m| m["event_id"].as_str().expect("every event has an event_id"))
+        .collect();
+    let total = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "an event arrived twice");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["type"] != "notification" || m["data"]["type"] != "events.lagged"),
+        "the stream lagged and lost events"
+    );
+    total
+}
+
+/// Balance versions of one wallet's `balance.updated` events are strictly increasing.
+fn in_order(messages: &[Value]) {
+    let versions: Vec<u64> = messages
+        .iter()
+        .filter(|m| m["type"] == "balance.updated")
+        .filter_map(|m| m["data"]["version"].as_u64())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "balance events out of order: {versions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_link_outlives_the_idle_timeout() {
+    let root = root("idle");
+    let node = Node::start(
+        &root.join("node"),
+        &[
+            "--quic-idle-timeout-ms",
+            "1500",
+            "--quic-keep-alive-ms",
+            "500",
+        ],
+    );
+    let gateway = Gateway::start(
+        &root,
+        &node.addr.to_string(),
+        &node.trust().display().to_string(),
+        &[
+            "--core-idle-timeout-ms",
+            "1500",
+            "--core-keep-alive-ms",
+            "400",
+        ],
+    );
+    gateway.ready().await;
+    let alice = gateway.user("idle-alice@example.com").await;
+    let bob = gateway.user("idle-bob@example.com").await;
+    let from = gateway.wallet(&alice).await;
+    let to = gateway.wallet(&bob).await;
+    let started_log = gateway.proc.log().len();
+
+    // Idle for three idle timeouts: the node would close a silent connection after 1.5 s.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let ready = call_at(gateway.addr, "GET", "/ready", None, &[], None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let deposit = gateway.deposit(&from, "100.00", "idle-dep-1").await;
+    assert_eq!(deposit.status, 200, "{}", deposit.text());
+    let sent = gateway
+        .send(&alice, "idle-send-1", (&from, &to), "10.00")
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    assert_eq!(gateway.balance(&bob, &to).await, "10.00");
+    let warnings = gateway.warnings_after(started_log);
+    assert!(warnings.is_empty(), "warnings while idle: {warnings:#?}");
+    drop(gateway);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_rides_out_a_node_restart() {
+    let root = root("restart");
+    let mut node = Node::start(&root.join("node"), &[]);
+    let gateway = Gateway::start(
+        &root,
+        &node.addr.to_string(),
+        &node.trust().display().to_string(),
+        &["--core-wait-ms", "1000"],
+    );
+    gateway.ready().await;
+    let alice = gateway.user("restart-alice@example.com").await;
+    let bob = gateway.user("restart-bob@example.com").await;
+    let from = gateway.wallet(&alice).await;
+    let to = gateway.wallet(&bob).await;
+    let deposit = gateway.deposit(&from, "1000.00", "restart-dep-1").await;
+    assert_eq!(deposit.status, 200, "{}", deposit.text());
+    let mut socket = websocket(&gateway, &alice, "").await;
+
+    const SENDS: usize = 30;
+    let mut refused = 0;
+    for i in 0..SENDS {
+        if i == 10 {
+            // SIGKILL: nothing is flushed, nothing said goodbye.
+            node.proc.kill();
+            let down = gateway
+                .send(&alice, "restart-during", (&from, &to), "1.00")
+                .await;
+            assert_eq!(down.status, 503, "{}", down.text());
+            assert_eq!(down.code(), "core_unavailable");
+            assert!(down.header("retry-after").is_some());
+            refused += 1;
+            node.restart();
+        }
+        let answers = gateway
+            .send_until_done(&alice, &format!("restart-{i}"), (&from, &to), "1.00")
+            .await;
+        refused += answers.len() - 1;
+    }
+    // The request refused while down is sent again with its key, once the node is back.
+    gateway
+        .send_until_done(&alice, "restart-during", (&from, &to), "1.00")
+        .await;
+    assert_eq!(
+        gateway.balance(&bob, &to).await,
+        format!("{}.00", SENDS + 1)
+    );
+    let messages = collect(&mut socket, Duration::from_secs(5), |m| {
+        m.iter().filter(|m| m["type"] == "transaction.sent").count() > SENDS
+    })
+    .await;
+    assert_eq!(sent_events(&messages), SENDS + 1, "{messages:#?}");
+    in_order(&messages);
+    eprintln!("node restart: {refused} requests answered 503 while the node was down");
+    drop(gateway);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_core_addresses_give_clear_errors() {
+    let root = root("bad");
+    let node = Node::start(&root.join("node"), &[]);
+    let other = Node::start(&root.join("other"), &[]);
+    let trust = node.trust().display().to_string();
+    // Nothing listens on this UDP port.
+    let nowhere = format!("127.0.0.1:{}", free_udp_port());
+    // A TCP (HTTP) server: not a paycore node.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let not_paycore = http.local_addr().expect("addr").to_string();
+
+    // An unreachable address before a good one: the good one serves.
+    let dir = root.join("g1");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mixed = Gateway::start(&dir, &format!("{nowhere},{}", node.addr), &trust, &[]);
+    let started = Instant::now();
+    mixed.ready().await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let token = mixed.user("bad-mixed@example.com").await;
+    mixed.wallet(&token).await;
+
+    // Only bad addresses: 503 within the wait, never a hang or a 500, and the log says why.
+    for (label, core, trust) in [
+        ("nothing", nowhere.clone(), trust.clone()),
+        ("not-paycore", not_paycore.clone(), trust.clone()),
+        // `other` is a paycore node, but its certificate is not the trusted one.
+        ("certificate", other.addr.to_string(), trust.clone()),
+    ] {
+        let dir = root.join(label);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let gateway = Gateway::start(&dir, &core, &trust, &["--core-wait-ms", "1500"]);
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(gateway.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "{}", gateway.proc.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let asked = Instant::now();
+        let ready = call_at(gateway.addr, "GET", "/ready", None, &[], None).await;
+        assert_eq!(ready.status, 503, "{label}: {}", ready.text());
+        let register = gateway
+            .call(
+                "POST",
+                "/api/v1/users/register",
+                None,
+                &json!({"email": format!("bad-{label}@example.com"), "password": PASSWORD, "full_name": "X"}),
+            )
+            .await;
+        assert!(
+            register.status == 503 || register.status == 201,
+            "{label}: {}",
+            register.text()
+        );
+        let login = gateway
+            .call(
+                "POST",
+                "/api/v1/users/login",
+                None,
+                &json!({"email": format!("bad-{label}@example.com"), "password": PASSWORD}),
+            )
+            .await;
+        if let Some(token) = login.json()["access_token"].as_str() {
+            let opened = gateway
+                .call(
+                    "POST",
+                    "/api/v1/wallets",
+                    Some(token),
+                    &json!({"currency": "USD"}),
+                )
+                .await;
+            assert_eq!(opened.status, 503, "{label}: {}", opened.text());
+            assert_eq!(opened.code(), "core_unavailable");
+            assert!(opened.header("retry-after").is_some());
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "{label}: too slow"
+        );
+        let expected = match label {
+            "certificate" => "certificate",
+            _ => "no QUIC handshake",
+        };
+        // The first round of attempts ends within the connect timeout (2 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = gateway.proc.log();
+        while !(log.contains(expected) && log.contains(&core)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log = gateway.proc.log();
+        }
+        assert!(
+            log.contains(expected) && log.contains(&core),
+            "{label}: the log does not say why: {log}"
+        );
+        // Several rounds of attempts later, still one warning per cause.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let log = gateway.proc.log();
+        let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+        assert!(warnings <= 4, "{label}: a warning per retry: {log}");
+    }
+    drop(http);
+    drop(mixed);
+    drop((node, other));
+    let _ = std::fs::remove_dir_all(&root);
+}
