@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client_role;
 pub mod credentials;
 pub mod cut_repair;
 pub mod flush;

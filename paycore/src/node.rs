@@ -21,6 +21,7 @@ use paycore_protocol::{
 };
 use paycore_sequencer::{ReadView, ReplicationMode, Sequencer, SequencerConfig};
 
+use crate::client_role::ClientRole;
 use crate::credentials::ReplicationToken;
 use crate::frames::write_frame;
 use crate::node_state::{NodeState, Role};
@@ -32,11 +33,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one connection may have open at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
-/// Request bytes one connection may have buffered at once (frames being read and answered):
-/// a client opening many streams of large frames waits instead of exhausting memory.
+/// Request bytes one connection may hold at once (frames being read and answered, design
+/// §15). A frame that does not fit is answered `overloaded` and its stream stopped, which
+/// drops its buffered bytes: waiting for room instead let unadmitted bytes pile up in the QUIC
+/// stack (issue 13: one connection pinned 1.1 GiB).
 const CONNECTION_REQUEST_BYTES_MAX: usize = 64 << 20;
-/// Connections served at once; more are refused at the handshake.
-const CONNECTIONS_MAX: usize = 4096;
+/// Request bytes all connections together may hold at once.
+const NODE_REQUEST_BYTES_MAX: usize = 256 << 20;
+/// Bytes the QUIC stack buffers for one connection before the application reads them (its
+/// flow-control window, all streams together), and for one stream. Bounded so that what a
+/// client has sent and the node has not admitted stays small: the node's request memory is at
+/// most `connections_max x CONNECTION_RECEIVE_WINDOW_BYTES + NODE_REQUEST_BYTES_MAX`
+/// (1.25 GiB with the default 1 024 connections), whatever clients send.
+const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 1 << 20;
+const STREAM_RECEIVE_WINDOW_BYTES: u32 = 1 << 20;
+/// Bytes of answers the node buffers per connection for a peer that does not read them.
+const CONNECTION_SEND_WINDOW_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -85,9 +97,30 @@ pub struct NodeArgs {
     #[arg(long, env = "PAYCORE_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
     /// CA certificate (DER): require every client to present a certificate it signed (mutual
-    /// TLS). Without it, any client that trusts the node may connect.
+    /// TLS). Without it, any process that can reach the port may connect and do anything (a
+    /// client checking the node's certificate proves the node, not the client): the node then
+    /// listens on loopback addresses only, unless --allow-unauthenticated-clients.
     #[arg(long, env = "PAYCORE_CA")]
     pub ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without --ca: every process that reaches the port may
+    /// then register currencies, freeze wallets, promote. Only behind a private network that
+    /// nothing else can reach; the node warns at every start.
+    #[arg(long, env = "PAYCORE_ALLOW_UNAUTHENTICATED_CLIENTS")]
+    pub allow_unauthenticated_clients: bool,
+    /// QUIC connections served at once; more are refused at the handshake. Each may hold up to
+    /// 1 MiB unread in the QUIC stack (see docs/security.md for the memory bound).
+    #[arg(long, env = "PAYCORE_CONNECTIONS_MAX", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub connections_max: u32,
+    /// A QUIC connection with no packet from its peer for this long is closed.
+    #[arg(long, env = "PAYCORE_QUIC_IDLE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub quic_idle_timeout_ms: u64,
+    /// Keep-alive sent on an otherwise silent connection, so that an idle client stays
+    /// connected: must be well inside --quic-idle-timeout-ms (a third of it or less).
+    #[arg(long, env = "PAYCORE_QUIC_KEEP_ALIVE_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=1_200_000))]
+    pub quic_keep_alive_ms: u64,
     /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
     #[arg(long)]
     pub truncate_corruption: bool,
@@ -373,6 +406,19 @@ async fn settle_role(args: &NodeArgs, token: &ReplicationToken) -> Result<NodeSt
 /// Starts the shards and the QUIC listener (inside a tokio runtime).
 pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.ca.is_none() && !args.listen.ip().is_loopback() {
+        if !args.allow_unauthenticated_clients {
+            return Err(format!(
+                "refusing to listen on {} without client authentication: any process that reaches it could move money and promote. Give --ca <CA certificate> (clients then present certificates naming their role), listen on a loopback address, or, on a private network nothing else reaches, pass --allow-unauthenticated-clients",
+                args.listen
+            ));
+        }
+        tracing::warn!(listen = %args.listen, "UNAUTHENTICATED: listening beyond loopback without --ca; every client that reaches this port is an operator (--allow-unauthenticated-clients)");
+        println!(
+            "paycore node: WARNING: {} is open to every client that reaches it, without authentication (--allow-unauthenticated-clients)",
+            args.listen
+        );
+    }
     let (cert, key, trust_path) = tls_identity(args)?;
     let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
         .as_ref()
@@ -455,29 +501,33 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
         crate::replication::follow(link, sequencer.clone(), role.clone());
     }
     let mut server = server_config(cert, key, args.ca.as_deref())?;
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    server.transport_config(Arc::new(transport));
+    server.transport_config(Arc::new(server_transport(args)?));
+    let authenticated_clients = args.ca.is_some();
     let endpoint = paycore_client::udp::endpoint(args.listen, Some(server))
         .map_err(|e| format!("{}: {e}", args.listen))?;
     let listen = endpoint.local_addr().map_err(|e| e.to_string())?;
     let accept = endpoint.clone();
     let serving = sequencer.clone();
     let serving_role = role.clone();
-    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let connections_max = args.connections_max as usize;
+    let connections = Arc::new(tokio::sync::Semaphore::new(connections_max));
+    let node_budget = Arc::new(tokio::sync::Semaphore::new(NODE_REQUEST_BYTES_MAX));
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
             let Ok(slot) = connections.clone().try_acquire_owned() else {
-                tracing::warn!("{CONNECTIONS_MAX} connections open; refusing another");
+                tracing::warn!("{connections_max} connections open; refusing another");
                 incoming.refuse();
                 continue;
             };
             let sequencer = serving.clone();
             let role = serving_role.clone();
+            let node_budget = node_budget.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(connection) => serve_connection(connection, sequencer, role).await,
+                    Ok(connection) => {
+                        let client = client_role(&connection, authenticated_clients);
+                        serve_connection(connection, sequencer, role, client, node_budget).await
+                    }
                     Err(error) => tracing::debug!(%error, "handshake failed"),
                 }
                 drop(slot);
@@ -593,10 +643,48 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The QUIC transport every node connection gets: bounded stream and connection windows (what
+/// a client may have sent that the node has not read), a bounded send window, at most
+/// [`STREAMS_PER_CONNECTION_MAX`] streams, and the idle and keep-alive policy.
+fn server_transport(args: &NodeArgs) -> Result<quinn::TransportConfig, String> {
+    if args.quic_keep_alive_ms.saturating_mul(3) > args.quic_idle_timeout_ms {
+        return Err(format!(
+            "--quic-keep-alive-ms {} must be at most a third of --quic-idle-timeout-ms {}",
+            args.quic_keep_alive_ms, args.quic_idle_timeout_ms
+        ));
+    }
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(args.quic_idle_timeout_ms))
+        .map_err(|e| format!("--quic-idle-timeout-ms: {e}"))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
+    transport.stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into());
+    transport.send_window(CONNECTION_SEND_WINDOW_BYTES);
+    transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(Duration::from_millis(args.quic_keep_alive_ms)));
+    Ok(transport)
+}
+
+/// A connection's role: from its certificate when clients must present one, else `operator`
+/// (a loopback listener: see `client_role.rs`).
+fn client_role(connection: &quinn::Connection, authenticated_clients: bool) -> ClientRole {
+    if !authenticated_clients {
+        return ClientRole::Operator;
+    }
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(ClientRole::of_certificate))
+        .unwrap_or(ClientRole::ReadOnly)
+}
+
 async fn serve_connection(
     connection: quinn::Connection,
     sequencer: Arc<Sequencer>,
     role: Arc<NodeRole>,
+    client: ClientRole,
+    node_budget: Arc<tokio::sync::Semaphore>,
 ) {
     let budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_REQUEST_BYTES_MAX));
     // Set once the connection presented the replication token (`authenticate`).
@@ -609,8 +697,14 @@ async fn serve_connection(
                 let budget = budget.clone();
                 let role = role.clone();
                 let replica = replica.clone();
+                let node_budget = node_budget.clone();
                 tokio::spawn(async move {
-                    let peer = Peer { budget, replica };
+                    let peer = Peer {
+                        budget,
+                        node_budget,
+                        replica,
+                        role: client,
+                    };
                     if let Some(code) = serve_stream(send, recv, sequencer, role, peer).await
                         && code.closes_connection()
                     {
@@ -627,6 +721,10 @@ async fn serve_connection(
 struct Peer {
     /// The connection's share of request memory.
     budget: Arc<tokio::sync::Semaphore>,
+    /// Every connection's together.
+    node_budget: Arc<tokio::sync::Semaphore>,
+    /// What the connection may send.
+    role: ClientRole,
     /// The connection presented the replication token: it may act as a standby.
     replica: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -634,6 +732,18 @@ struct Peer {
 impl Peer {
     fn is_replica(&self) -> bool {
         self.replica.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// May this connection's role send `frame` (replication is checked by the token)?
+    fn allows(&self, frame: &Frame) -> bool {
+        match frame {
+            Frame::SubmitBatch { commands } => commands.iter().all(|command| match command {
+                paycore_engine::Command::Client { op, .. } => self.role.allows_op(op),
+                _ => false,
+            }),
+            Frame::Admin(command) => self.role.allows_admin(command),
+            _ => true,
+        }
     }
 }
 
@@ -653,7 +763,6 @@ async fn serve_stream(
     role: Arc<NodeRole>,
     peer: Peer,
 ) -> Option<ErrorCode> {
-    let budget = &peer.budget;
     // The length prefix first: it says how much memory the frame needs, before any is taken.
     let mut prefix = [0u8; 4];
     if recv.read_exact(&mut prefix).await.is_err() {
@@ -664,9 +773,33 @@ async fn serve_stream(
         let message = format!("frames are at most {FRAME_BYTES_MAX} bytes, not {frame_bytes}");
         (0, Frame::error(ErrorCode::FRAME_TOO_LARGE, message))
     } else {
-        // Waits while this connection's other requests hold its memory budget.
-        let Ok(permit) = budget.acquire_many(frame_bytes as u32).await else {
-            return None;
+        // Admitted only when both this connection's and the node's request budgets have
+        // room; else answered `overloaded` at once and the stream stopped (its buffered bytes
+        // are dropped, so what waits unread in the QUIC stack stays within its window).
+        let permits = peer
+            .budget
+            .clone()
+            .try_acquire_many_owned(frame_bytes as u32)
+            .and_then(|own| {
+                let node = peer
+                    .node_budget
+                    .clone()
+                    .try_acquire_many_owned(frame_bytes as u32)?;
+                Ok((own, node))
+            });
+        let Ok(permit) = permits else {
+            let _ = recv.stop(u32::from(ErrorCode::OVERLOADED.0).into());
+            let frame = Frame::error(
+                ErrorCode::OVERLOADED,
+                format!(
+                    "this connection's requests hold {CONNECTION_REQUEST_BYTES_MAX} bytes (or the node's {NODE_REQUEST_BYTES_MAX}); retry when answers have come back"
+                ),
+            );
+            let mut bytes = Vec::new();
+            let _ = encode(&frame, 0, &mut bytes);
+            let _ = send.write_all(&bytes).await;
+            let _ = send.finish();
+            return Some(ErrorCode::OVERLOADED);
         };
         let mut bytes = vec![0u8; frame_bytes];
         bytes[..4].copy_from_slice(&prefix);
@@ -702,6 +835,16 @@ async fn serve_stream(
             {
                 (id, replication_unauthorized())
             }
+            Ok((id, frame)) if !peer.allows(&frame) => (
+                id,
+                Frame::error(
+                    ErrorCode::UNAUTHORIZED,
+                    format!(
+                        "a {} client may not send this (see docs/security.md, node client roles)",
+                        peer.role.name()
+                    ),
+                ),
+            ),
             Ok((
                 id,
                 Frame::ReplicaHello {

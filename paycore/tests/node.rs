@@ -485,6 +485,175 @@ async fn with_a_ca_only_clients_with_its_certificates_get_in() {
     shut_down(node, &dir).await;
 }
 
+/// Writes a client certificate the CA signs, naming `names`; returns (cert, key) paths.
+fn client_identity(
+    dir: &Path,
+    label: &str,
+    names: Vec<String>,
+    issuer: &rcgen::Issuer<'_, &rcgen::KeyPair>,
+) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("client key");
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("client params")
+        .signed_by(&key, issuer)
+        .expect("client cert");
+    let (cert_path, key_path) = (
+        dir.join(format!("{label}.der")),
+        dir.join(format!("{label}.key")),
+    );
+    std::fs::write(&cert_path, cert.der()).expect("write");
+    std::fs::write(&key_path, key.serialize_der()).expect("write");
+    (cert_path, key_path)
+}
+
+/// Issue 13: with `--ca` every client certificate could do everything. Now a certificate
+/// names its role (`<role>.role.paycore`): a gateway's cannot promote nor set velocity limits,
+/// a load generator's cannot freeze, one naming no role only reads; each refusal is a typed
+/// `unauthorized` error and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_carry_roles_and_frames_outside_them_are_refused() {
+    use paycore_protocol::{AdminCommand, ErrorCode};
+    let dir = data_dir("roles");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    std::fs::write(dir.join("ca.der"), ca_cert.der()).expect("write");
+    let mut node_args = args(&dir, 1);
+    node_args.ca = Some(dir.join("ca.der"));
+    let node = start_node(&node_args).await.expect("node starts");
+    let connect = |label: &str, names: Vec<String>| {
+        let identity = client_identity(&dir, label, names, &issuer);
+        let mut config = ClientConfig::new(node.listen, dir.join("tls/cert.der"));
+        config.identity_der_paths = Some(identity);
+        Client::connect(config)
+    };
+    let unauthorized = |result: Result<Vec<CommandResult>, paycore_client::ClientError>| {
+        matches!(
+            result,
+            Err(paycore_client::ClientError::Node { code, .. }) if ErrorCode(code) == ErrorCode::UNAUTHORIZED
+        )
+    };
+    let operator = connect("operator", vec!["operator.role.paycore".into()])
+        .await
+        .expect("operator");
+    let gateway = connect("gateway", vec!["gateway.role.paycore".into()])
+        .await
+        .expect("gateway");
+    let loadgen = connect("loadgen", vec!["loadgen.role.paycore".into()])
+        .await
+        .expect("loadgen");
+    let reader = connect("plain", vec!["client-7".into()])
+        .await
+        .expect("no role");
+
+    // The gateway registers currencies and opens wallets.
+    let register = command(
+        "usd",
+        Op::RegisterCurrency {
+            code: usd(),
+            scale: 2,
+        },
+    );
+    assert!(matches!(
+        gateway
+            .submit(vec![register])
+            .await
+            .expect("gateway registers")[0],
+        CommandResult::Outcome(Outcome::Ok(_))
+    ));
+    let opened = gateway
+        .submit(vec![command(
+            "open-1",
+            Op::OpenWallet {
+                user: UserId(1),
+                currency: usd(),
+            },
+        )])
+        .await
+        .expect("gateway opens");
+    let CommandResult::Outcome(Outcome::Ok(Applied::WalletOpened(wallet))) = opened[0] else {
+        panic!("{opened:?}")
+    };
+    let limit = command(
+        "limit",
+        Op::SetVelocityLimit {
+            currency: usd(),
+            tier: paycore_engine::Tier::Unverified,
+            limit_24h: Some(1_000),
+        },
+    );
+    // Velocity limits and promotion are the operator's.
+    assert!(unauthorized(gateway.submit(vec![limit.clone()]).await));
+    let promote = gateway.admin(AdminCommand::Promote { force: false }).await;
+    assert!(
+        matches!(promote, Err(paycore_client::ClientError::Node { code, .. }) if ErrorCode(code) == ErrorCode::UNAUTHORIZED),
+        "{promote:?}"
+    );
+    assert!(operator.submit(vec![limit]).await.is_ok());
+    let promote = operator.admin(AdminCommand::Promote { force: false }).await;
+    assert!(
+        matches!(promote, Err(paycore_client::ClientError::Node { code, .. }) if ErrorCode(code) == ErrorCode::REFUSED),
+        "an operator's promote reaches the node (refused there: it is a primary): {promote:?}"
+    );
+    // The load generator moves money but does not freeze.
+    let deposit = command(
+        "dep",
+        Op::Deposit {
+            wallet,
+            amount: 500,
+            currency: usd(),
+        },
+    );
+    assert!(loadgen.submit(vec![deposit.clone()]).await.is_ok());
+    let freeze = command("freeze", Op::FreezeWallet { wallet });
+    assert!(unauthorized(loadgen.submit(vec![freeze.clone()]).await));
+    // A batch with one refused command is refused whole: nothing of it applies.
+    let mixed = vec![
+        command(
+            "dep-2",
+            Op::Deposit {
+                wallet,
+                amount: 1,
+                currency: usd(),
+            },
+        ),
+        freeze,
+    ];
+    assert!(unauthorized(loadgen.submit(mixed).await));
+    // No role named: reads only, and the connection stays after a refusal.
+    assert!(unauthorized(reader.submit(vec![deposit]).await));
+    match reader.query(Query::WalletById(wallet)).await {
+        Ok(QueryResult::Wallet(Some(view))) => assert_eq!(view.available, 500),
+        other => panic!("{other:?}"),
+    }
+    for client in [operator, gateway, loadgen, reader] {
+        client.close();
+    }
+    shut_down(node, &dir).await;
+}
+
+/// Without `--ca` the node refuses a non-loopback listener (any process reaching it could
+/// move money) unless the operator says `--allow-unauthenticated-clients`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_port_without_client_authentication_is_refused() {
+    let dir = data_dir("open-port");
+    let mut node_args = args(&dir, 1);
+    node_args.listen = "0.0.0.0:0".parse().expect("addr");
+    let refused = start_node(&node_args).await.err().unwrap_or_default();
+    assert!(
+        refused.contains("without client authentication") && refused.contains("--ca"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `/metrics` answers in the Prometheus text format with the shards' counters and the
 /// journal commit latency histogram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,9 +182,13 @@ impl ErrorCode {
     /// replication credential), or an `authenticate` frame's credential is unknown. The
     /// connection stays, with the role it had.
     pub const UNAUTHORIZED: ErrorCode = ErrorCode(15);
+    /// The request did not fit in the connection's (or the node's) request memory budget;
+    /// nothing of it was read or applied. Retry once earlier answers have come back. The
+    /// connection stays.
+    pub const OVERLOADED: ErrorCode = ErrorCode(16);
 
     /// Every assigned code, in number order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::MALFORMED,
         ErrorCode::FRAME_TOO_LARGE,
         ErrorCode::UNSUPPORTED_VERSION,
@@ -200,6 +204,7 @@ impl ErrorCode {
         ErrorCode::STALE_EPOCH,
         ErrorCode::REFUSED,
         ErrorCode::UNAUTHORIZED,
+        ErrorCode::OVERLOADED,
     ];
 
     /// The stable snake_case name, `"unknown"` for a number this version does not know.
@@ -220,6 +225,7 @@ impl ErrorCode {
             ErrorCode::STALE_EPOCH => "stale_epoch",
             ErrorCode::REFUSED => "refused",
             ErrorCode::UNAUTHORIZED => "unauthorized",
+            ErrorCode::OVERLOADED => "overloaded",
             _ => "unknown",
         }
     }
@@ -236,6 +242,7 @@ impl ErrorCode {
                 | ErrorCode::NOT_PRIMARY
                 | ErrorCode::REFUSED
                 | ErrorCode::UNAUTHORIZED
+                | ErrorCode::OVERLOADED
         )
     }
 }
