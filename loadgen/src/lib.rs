@@ -223,8 +223,11 @@ pub struct Outcomes {
     pub rejected: BTreeMap<String, u64>,
     /// Answered busy (the shard's ring was full; not journaled).
     pub busy: u64,
-    /// Answered shard_unavailable (not journaled).
+    /// Answered shard_unavailable (not journaled): the shard is down (its journal refused a
+    /// write; `paycore status` says why) or not served here.
     pub shard_unavailable: u64,
+    /// Answered disk_full (not journaled): the shard is read-only until its disk has room.
+    pub disk_full: u64,
     /// Commands of requests that timed out (each may or may not have been applied).
     pub timeouts: u64,
     /// Commands of requests that failed otherwise (connection lost, error frame, ...).
@@ -243,7 +246,12 @@ impl Outcomes {
 
     /// Every command counted, whatever became of it.
     pub fn total(&self) -> u64 {
-        self.applied() + self.busy + self.shard_unavailable + self.timeouts + self.client_errors
+        self.applied()
+            + self.busy
+            + self.shard_unavailable
+            + self.disk_full
+            + self.timeouts
+            + self.client_errors
     }
 
     fn merge(&mut self, other: &Outcomes) {
@@ -254,6 +262,7 @@ impl Outcomes {
         }
         self.busy += other.busy;
         self.shard_unavailable += other.shard_unavailable;
+        self.disk_full += other.disk_full;
         self.timeouts += other.timeouts;
         self.client_errors += other.client_errors;
     }
@@ -273,7 +282,7 @@ pub struct Latency {
 }
 
 /// The result of the conservation check.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conservation {
     /// `wallets × deposit`.
     pub expected: i128,
@@ -285,6 +294,9 @@ pub struct Conservation {
     pub holds: bool,
     /// Wallets the node did not find (should be 0).
     pub missing_wallets: u64,
+    /// Why the check could not be completed (the node stopped answering): the summary is
+    /// still printed, with `holds` false.
+    pub error: Option<String>,
 }
 
 /// Everything a run measured; [`Summary::to_json`] is the JSON summary.
@@ -373,6 +385,7 @@ impl Summary {
                 "rejected": o.rejected,
                 "busy": o.busy,
                 "shard_unavailable": o.shard_unavailable,
+                "disk_full": o.disk_full,
                 "timeouts": o.timeouts,
                 "client_errors": o.client_errors,
             },
@@ -391,6 +404,7 @@ impl Summary {
                 "settled": self.conservation.settled,
                 "missing_wallets": self.conservation.missing_wallets,
                 "holds": self.conservation.holds,
+                "error": self.conservation.error,
             },
             "node_status": shards,
         })
@@ -442,7 +456,7 @@ impl Summary {
         }
         let _ = writeln!(
             s,
-            "outcomes: ok={} (pending {}) rejected={}{} busy={} shard_unavailable={} timeouts={} client_errors={}",
+            "outcomes: ok={} (pending {}) rejected={}{} busy={} shard_unavailable={} disk_full={} timeouts={} client_errors={}",
             o.ok,
             o.ok_pending,
             o.rejected_total(),
@@ -453,6 +467,7 @@ impl Summary {
             },
             o.busy,
             o.shard_unavailable,
+            o.disk_full,
             o.timeouts,
             o.client_errors
         );
@@ -472,6 +487,10 @@ impl Summary {
             l.mean_us / 1000.0
         );
         let cons = &self.conservation;
+        if let Some(error) = &cons.error {
+            let _ = writeln!(s, "conservation: NOT CHECKED ({error})");
+            return s;
+        }
         let _ = writeln!(
             s,
             "conservation: {} (sum of balances {} vs deposited {}; settled {}, missing wallets {})",
@@ -617,6 +636,7 @@ impl Shared {
                         }
                         CommandResult::Busy => outcomes.busy += 1,
                         CommandResult::ShardUnavailable => outcomes.shard_unavailable += 1,
+                        CommandResult::DiskFull => outcomes.disk_full += 1,
                     }
                 }
                 // A short answer is a protocol fault: count the missing commands as errors.
@@ -628,7 +648,7 @@ impl Shared {
         self.live.commands.fetch_add(size, Ordering::Relaxed);
         self.live.ok.fetch_add(outcomes.ok, Ordering::Relaxed);
         self.live.busy.fetch_add(
-            outcomes.busy + outcomes.shard_unavailable,
+            outcomes.busy + outcomes.shard_unavailable + outcomes.disk_full,
             Ordering::Relaxed,
         );
         self.live.failed.fetch_add(
@@ -770,7 +790,21 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     let curve = percentile_curve(&histogram);
 
     // Conservation.
-    let (conservation, status) = check_conservation(&config, &shared).await?;
+    // A node that stops answering must not cost the summary of what was measured.
+    let (conservation, status) = match check_conservation(&config, &shared).await {
+        Ok(checked) => checked,
+        Err(error) => (
+            Conservation {
+                expected: 0,
+                actual: 0,
+                settled: false,
+                holds: false,
+                missing_wallets: 0,
+                error: Some(error.0),
+            },
+            StatusView::default(),
+        ),
+    };
     for client in &clients {
         client.close();
     }
@@ -1131,6 +1165,7 @@ async fn check_conservation(
             settled,
             holds: actual == expected && missing == 0,
             missing_wallets: missing,
+            error: None,
         },
         status,
     ))

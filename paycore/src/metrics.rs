@@ -21,6 +21,13 @@ pub type ShardGauges = Arc<dyn Fn(u16) -> Vec<(&'static str, &'static str, u64)>
 /// Label set and value of each sample of one metric.
 type Rows = Vec<(String, u64)>;
 
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Renders every metric of the node.
 pub fn render(sequencer: &Sequencer, role: &NodeRole, extra: Option<&ShardGauges>) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -111,6 +118,85 @@ pub fn render(sequencer: &Sequencer, role: &NodeRole, extra: Option<&ShardGauges
         "1 when the shard's journal refused a write (the shard answers shard_unavailable).",
         "gauge",
         per_shard(&|s| u64::from(sequencer.stats(s).poisoned.load(Ordering::Relaxed))),
+    );
+    gauge(
+        "paycore_shard_health",
+        "0 healthy, 1 read-only (disk below the reserve: writes answered disk_full), 2 poisoned (a journal write failed: shard_unavailable until a restart).",
+        "gauge",
+        per_shard(&|s| sequencer.stats(s).disk.health().code()),
+    );
+    gauge(
+        "paycore_shard_health_since_ms",
+        "Unix time (ms) the shard became read-only or poisoned; 0 while healthy.",
+        "gauge",
+        per_shard(&|s| sequencer.stats(s).disk.health().since_ms().unwrap_or(0)),
+    );
+    gauge(
+        "paycore_shard_health_info",
+        "1 per shard, labelled with its state and, when not healthy, why.",
+        "gauge",
+        (0..shards)
+            .map(|shard| {
+                let health = sequencer.stats(shard).disk.health();
+                let labels = format!(
+                    "{{shard=\"{shard}\",state=\"{}\",reason=\"{}\"}}",
+                    health.name(),
+                    label_value(health.reason().unwrap_or(""))
+                );
+                (labels, 1)
+            })
+            .collect(),
+    );
+    gauge(
+        "paycore_shard_disk_free_bytes",
+        "Free bytes on the shard's journal disk (as of the writer's last check, every 100 ms).",
+        "gauge",
+        per_shard(&|s| sequencer.stats(s).disk.free_bytes.load(Ordering::Relaxed)),
+    );
+    gauge(
+        "paycore_shard_disk_total_bytes",
+        "Size of the shard's journal disk.",
+        "gauge",
+        per_shard(&|s| sequencer.stats(s).disk.total_bytes.load(Ordering::Relaxed)),
+    );
+    gauge(
+        "paycore_shard_disk_reserve_bytes",
+        "Free bytes the shard keeps: below them it turns read-only (alert well above this).",
+        "gauge",
+        per_shard(&|s| {
+            sequencer
+                .stats(s)
+                .disk
+                .reserve_bytes
+                .load(Ordering::Relaxed)
+        }),
+    );
+    gauge(
+        "paycore_shard_disk_full_refused_commands_total",
+        "Client commands answered disk_full (not journaled; retried by clients).",
+        "counter",
+        per_shard(&|s| {
+            sequencer
+                .stats(s)
+                .disk
+                .refused_commands
+                .load(Ordering::Relaxed)
+        }),
+    );
+    let disk_use: Vec<(u64, u64)> = (0..shards)
+        .map(|s| paycore_sequencer::journal_disk_use(sequencer.journal_dir(s)))
+        .collect();
+    gauge(
+        "paycore_shard_journal_bytes",
+        "Bytes of the shard's live journal segments (and the prepared spare segment).",
+        "gauge",
+        per_shard(&|s| disk_use[usize::from(s)].0),
+    );
+    gauge(
+        "paycore_shard_journal_archive_bytes",
+        "Bytes of the shard's archived journal segments (on the same disk unless moved).",
+        "gauge",
+        per_shard(&|s| disk_use[usize::from(s)].1),
     );
     gauge(
         "paycore_shard_replication_standby_connected",

@@ -127,6 +127,25 @@ pub struct NodeArgs {
     /// Size of each journal segment file, MiB (segments a snapshot covers are archived whole).
     #[arg(long, env = "PAYCORE_JOURNAL_SEGMENT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
     pub journal_segment_mib: u64,
+    /// Free space, MiB, kept on each shard's journal disk: below it the shard turns read-only
+    /// (writes answered disk_full, reads go on), asks for a snapshot so retention can free
+    /// covered segments, and takes writes again by itself once there is room. Default: two
+    /// segments plus the newest snapshot's size.
+    #[arg(long, env = "PAYCORE_JOURNAL_RESERVE_MIB")]
+    pub journal_reserve_mib: Option<u64>,
+    /// Refuse to start when a shard's disk is already below the reserve (by default the shard
+    /// starts read-only and says why).
+    #[arg(long, env = "PAYCORE_REQUIRE_WRITABLE")]
+    pub require_writable: bool,
+    /// Also snapshot a shard once this many MiB of journal were written since its last
+    /// snapshot (capped at a quarter of the disk's free space at start; 0: by count and time
+    /// only).
+    #[arg(
+        long,
+        env = "PAYCORE_SNAPSHOT_EVERY_JOURNAL_MIB",
+        default_value_t = 1024
+    )]
+    pub snapshot_every_journal_mib: u64,
     /// Idempotency entries per shard allocated at start (up to 16 Mi, the table's maximum),
     /// so the table never stops the shard writer to grow (a copy and rehash of millions of
     /// entries: a latency spike of 0.1-1 s). The entries and their index (about 64 B per
@@ -291,6 +310,9 @@ fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
         nice: args.snapshot_nice.clamp(0, 19),
     });
     config.journal.segment_bytes = args.journal_segment_mib << 20;
+    config.disk.reserve_bytes = args.journal_reserve_mib.map(|mib| mib << 20);
+    config.disk.require_writable = args.require_writable;
+    config.disk.snapshot_every_journal_bytes = args.snapshot_every_journal_mib << 20;
     config.recovery = RecoveryOptions {
         truncate_corruption: args.truncate_corruption,
     };
@@ -1049,6 +1071,7 @@ fn wire_result(result: paycore_sequencer::CommandResult) -> CommandResult {
         paycore_sequencer::CommandResult::Outcome(outcome) => CommandResult::Outcome(outcome),
         paycore_sequencer::CommandResult::Busy => CommandResult::Busy,
         paycore_sequencer::CommandResult::ShardUnavailable => CommandResult::ShardUnavailable,
+        paycore_sequencer::CommandResult::DiskFull => CommandResult::DiskFull,
     }
 }
 

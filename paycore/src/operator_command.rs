@@ -84,41 +84,86 @@ pub fn status(args: StatusArgs) -> Result<(), String> {
         status["replication"].as_str().unwrap_or("?"),
     );
     for shard in status["shards"].as_array().into_iter().flatten() {
-        let mut line = format!(
-            "  shard {}: last {} durable {} released {}",
-            shard["shard"],
-            shard["last_sequence"],
-            shard["durable_sequence"],
-            shard["released_sequence"]
-        );
-        if shard.get("standby_connected").is_some() {
-            line += &format!(
-                "; standby {} at {} (lag {} records, {} ms)",
-                if shard["standby_connected"].as_bool() == Some(true) {
-                    "connected"
-                } else {
-                    "not connected"
-                },
-                shard["standby_durable_sequence"],
-                shard["standby_lag_records"],
-                shard["standby_lag_ms"]
-            );
-        } else {
-            line += &format!(
-                "; primary {} at {} (lag {} records, last record {} ms ago)",
-                if shard["primary_connected"].as_bool() == Some(true) {
-                    "connected"
-                } else {
-                    "not connected"
-                },
-                shard["primary_durable_sequence"],
-                shard["lag_records"],
-                shard["ms_since_last_record"]
-            );
-        }
-        println!("{line}");
+        println!("{}", shard_line(shard));
     }
     Ok(())
+}
+
+/// One shard of `paycore status`: its state first (what a paged operator needs), then its
+/// sequences, its disk, and its standby or primary.
+fn shard_line(shard: &Value) -> String {
+    let state = match shard["state"].as_str() {
+        Some("read_only") => format!(
+            "READ-ONLY (disk full) since {}: {}",
+            since(&shard["state_since_ms"]),
+            shard["state_reason"].as_str().unwrap_or("?")
+        ),
+        Some("poisoned") => format!(
+            "POISONED since {}: {} (writes answered shard_unavailable until a restart)",
+            since(&shard["state_since_ms"]),
+            shard["state_reason"].as_str().unwrap_or("?")
+        ),
+        Some(other) => other.to_string(),
+        None => "state unknown".to_string(),
+    };
+    let mut line = format!(
+        "  shard {}: {state}; last {} durable {} released {}",
+        shard["shard"],
+        shard["last_sequence"],
+        shard["durable_sequence"],
+        shard["released_sequence"]
+    );
+    if let Some(free) = shard["disk_free_bytes"].as_u64() {
+        line += &format!(
+            "; disk {} free of {} (reserve {}), journal {} + archive {}",
+            mib(free),
+            mib(shard["disk_total_bytes"].as_u64().unwrap_or(0)),
+            mib(shard["disk_reserve_bytes"].as_u64().unwrap_or(0)),
+            mib(shard["journal_bytes"].as_u64().unwrap_or(0)),
+            mib(shard["journal_archive_bytes"].as_u64().unwrap_or(0)),
+        );
+    }
+    if shard.get("standby_connected").is_some() {
+        line += &format!(
+            "; standby {} at {} (lag {} records, {} ms)",
+            if shard["standby_connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            shard["standby_durable_sequence"],
+            shard["standby_lag_records"],
+            shard["standby_lag_ms"]
+        );
+    } else if shard.get("primary_connected").is_some() {
+        line += &format!(
+            "; primary {} at {} (lag {} records, last record {} ms ago)",
+            if shard["primary_connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            shard["primary_durable_sequence"],
+            shard["lag_records"],
+            shard["ms_since_last_record"]
+        );
+    }
+    line
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// "<seconds> s ago (unix ms <t>)" for a state's start.
+fn since(value: &Value) -> String {
+    let Some(at) = value.as_u64() else {
+        return "?".to_string();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{} s ago (unix ms {at})", now.saturating_sub(at) / 1000)
 }
 
 pub fn promote(args: PromoteArgs) -> Result<(), String> {

@@ -1132,6 +1132,7 @@ pub async fn promote(
 /// Operator: the node's role, epoch, shards and replication, as JSON.
 pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
     let state = role.state();
+    let replication_off = sequencer.gate(0).mode() == ReplicationMode::Off;
     let shards: Vec<serde_json::Value> = (0..sequencer.shard_count())
         .map(|shard| {
             let stats = sequencer.stats(shard);
@@ -1144,6 +1145,20 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
                 "durable_sequence": stats.durable_sequence.load(Ordering::Acquire),
                 "released_sequence": gate.released(),
             });
+            // Whether it takes writes, since when and why; its disk (issue 25).
+            let health = stats.disk.health();
+            let (journal_bytes, archive_bytes) =
+                paycore_sequencer::journal_disk_use(sequencer.journal_dir(shard));
+            entry["state"] = json!(health.name());
+            entry["state_since_ms"] = json!(health.since_ms());
+            entry["state_reason"] = json!(health.reason());
+            entry["disk_free_bytes"] = json!(stats.disk.free_bytes.load(Ordering::Relaxed));
+            entry["disk_total_bytes"] = json!(stats.disk.total_bytes.load(Ordering::Relaxed));
+            entry["disk_reserve_bytes"] = json!(stats.disk.reserve_bytes.load(Ordering::Relaxed));
+            entry["journal_bytes"] = json!(journal_bytes);
+            entry["journal_archive_bytes"] = json!(archive_bytes);
+            entry["disk_full_refused_commands"] =
+                json!(stats.disk.refused_commands.load(Ordering::Relaxed));
             if let Some(flushers) = role
                 .flushers
                 .lock()
@@ -1156,7 +1171,9 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
                 entry["flush_lag_records"] = json!(lag_records);
                 entry["flush_lag_ms"] = json!(lag_ms);
             }
-            if state.role == Role::Primary {
+            if state.role == Role::Primary && replication_off {
+                // No standby is configured: no standby fields (they read as a lagging one).
+            } else if state.role == Role::Primary {
                 entry["standby_connected"] = json!(gate.standby_connected());
                 entry["standby_durable_sequence"] = json!(gate.standby_durable());
                 entry["standby_lag_records"] = json!(last.saturating_sub(gate.standby_durable()));

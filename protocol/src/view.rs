@@ -24,12 +24,16 @@ pub enum CommandResult {
     /// The shard is not served by this node right now (failing over, or another node's); the
     /// command was not journaled. Retry with the same key, possibly elsewhere.
     ShardUnavailable,
+    /// The shard is read-only because its disk is (nearly) full: the command was not journaled.
+    /// Reads still work; retry with the same key once the operator has made room (the shard
+    /// resumes by itself). Added after version 1's tags; older peers never send it.
+    DiskFull,
 }
 
 /// Bytes of the shortest result encoding.
 pub(crate) const COMMAND_RESULT_BYTES_MIN: usize = 1;
 
-/// `0 outcome | 1 busy | 2 shard_unavailable`, the outcome in the engine codec's encoding.
+/// `0 outcome | 1 busy | 2 shard_unavailable | 3 disk_full`, the outcome in the engine codec's encoding.
 pub(crate) fn put_command_result(out: &mut Vec<u8>, result: &CommandResult) {
     match result {
         CommandResult::Outcome(outcome) => {
@@ -38,6 +42,7 @@ pub(crate) fn put_command_result(out: &mut Vec<u8>, result: &CommandResult) {
         }
         CommandResult::Busy => out.push(1),
         CommandResult::ShardUnavailable => out.push(2),
+        CommandResult::DiskFull => out.push(3),
     }
 }
 
@@ -47,6 +52,7 @@ pub(crate) fn read_command_result(r: &mut Reader<'_>) -> Result<CommandResult> {
         0 => Ok(CommandResult::Outcome(read_outcome(r)?)),
         1 => Ok(CommandResult::Busy),
         2 => Ok(CommandResult::ShardUnavailable),
+        3 => Ok(CommandResult::DiskFull),
         tag => r.fail(
             at,
             ProtocolErrorKind::Tag {

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod disk;
 mod events;
 mod replication;
 mod reply;
@@ -37,6 +38,7 @@ use paycore_snapshot::{
     DurableShard, Replica, ShardError, SnapshotPolicy, Snapshotter, open_shard,
 };
 
+pub use disk::{DiskPolicy, DiskStats, Health, default_reserve_bytes, journal_disk_use};
 pub use events::{EventBatch, EventLog, Read};
 pub use replication::{ReplicationGate, ReplicationMode};
 pub use reply::{CommandResult, OnDone};
@@ -75,6 +77,9 @@ pub struct SequencerConfig {
     pub replication: ReplicationMode,
     /// Start as a standby: no client writes until [`Sequencer::promote`].
     pub standby: bool,
+    /// Disk head-room: the reserve below which a shard turns read-only (`disk_full`), and
+    /// snapshots by journal size.
+    pub disk: DiskPolicy,
 }
 
 impl SequencerConfig {
@@ -92,6 +97,7 @@ impl SequencerConfig {
             events_kept_max: 1 << 20,
             replication: ReplicationMode::Off,
             standby: false,
+            disk: DiskPolicy::default(),
         }
     }
 }
@@ -131,6 +137,54 @@ impl std::fmt::Debug for Request {
 
 /// A recovered shard, and the engine its snapshot replica starts from (when snapshots are on).
 type Recovered = (DurableShard, Option<Engine>);
+
+/// The shard's disk policy with the size threshold fitted to its disk (at most a quarter of the
+/// free space, at least a segment); with `require_writable`, refuses a shard already below the
+/// reserve (otherwise it starts read-only and its first check says why).
+fn disk_policy_at_start(
+    config: &SequencerConfig,
+    durable: &DurableShard,
+) -> Result<DiskPolicy, ShardError> {
+    let mut policy = config.disk;
+    let segment_bytes = config.journal.segment_bytes;
+    let space =
+        paycore_journal::disk_space(&durable.paths.journal).map_err(|source| ShardError::Io {
+            path: durable.paths.journal.clone(),
+            source,
+        })?;
+    if policy.snapshot_every_journal_bytes > 0 {
+        policy.snapshot_every_journal_bytes = policy
+            .snapshot_every_journal_bytes
+            .min(space.free_bytes / 4)
+            .max(segment_bytes);
+    }
+    let reserve = policy.reserve_bytes.unwrap_or_else(|| {
+        default_reserve_bytes(
+            segment_bytes,
+            disk::newest_snapshot_bytes(&durable.paths.snapshots),
+        )
+    });
+    if space.free_bytes < reserve {
+        let shard = durable.engine.config().shard;
+        let reason = format!(
+            "{} bytes free on the journal's disk, below the reserve of {reserve}",
+            space.free_bytes
+        );
+        if policy.require_writable {
+            return Err(ShardError::Io {
+                path: durable.paths.journal.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "shard {shard} cannot take writes ({reason}) and writability is required"
+                    ),
+                ),
+            });
+        }
+        tracing::error!(shard, %reason, "shard starts read-only: writes answered disk_full until there is room");
+    }
+    Ok(policy)
+}
 
 /// Recovers every shard (snapshot load + journal replay) and copies its engine for the snapshot
 /// replica, as many shards at once as there are cores: shards share nothing, so a node's
@@ -223,6 +277,7 @@ impl Sequencer {
         }
         for ((durable, replica_engine), internal) in opened.into_iter().zip(internal_receivers) {
             let shard = durable.engine.config().shard;
+            let disk = disk_policy_at_start(&config, &durable)?;
             let snapshotter = match (config.snapshots, replica_engine) {
                 (Some(policy), Some(replica_engine)) => {
                     let storage =
@@ -317,6 +372,7 @@ impl Sequencer {
                 releasers.push(thread);
                 Some(sender)
             };
+            let durable_snapshots_dir = durable.paths.snapshots.clone();
             let writer = ShardWriter {
                 shard: durable,
                 ring: ring_receiver,
@@ -335,6 +391,11 @@ impl Sequencer {
                 retention_floors: floors.clone(),
                 unreleased: std::collections::VecDeque::new(),
                 writes_held: false,
+                disk: disk::DiskWatch::new(
+                    disk,
+                    disk::newest_snapshot_bytes(&durable_snapshots_dir),
+                ),
+                payload_ends: Vec::with_capacity(config.batch_commands_max),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
@@ -563,6 +624,12 @@ impl Sequencer {
                         .load(std::sync::atomic::Ordering::Acquire)
                     {
                         CommandResult::ShardUnavailable
+                    } else if self.stats[shard]
+                        .disk
+                        .full
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        CommandResult::DiskFull
                     } else {
                         CommandResult::Busy
                     };

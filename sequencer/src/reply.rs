@@ -16,6 +16,10 @@ pub enum CommandResult {
     /// The shard cannot write (its journal is poisoned, or it is shutting down), or the command
     /// is not a client command; retry later or elsewhere with the same key.
     ShardUnavailable,
+    /// The shard is read-only: free space on its journal's disk is below the reserve (or the
+    /// next segment could not be prepared). Nothing was journaled; retry with the same key
+    /// once there is room (the shard resumes writes by itself).
+    DiskFull,
 }
 
 /// Result index meaning "apply, but nobody reads this result" (the copies of a command sent to

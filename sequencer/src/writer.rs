@@ -14,9 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 use paycore_engine::codec::{decode_command, encode_command};
 use paycore_engine::{Command, Effects, Engine, ShardMessage};
-use paycore_journal::format::{Parsed, parse_record};
+use paycore_journal::JournalError;
+use paycore_journal::format::{Parsed, parse_record, record_bytes};
 use paycore_snapshot::{DurableShard, Snapshotter};
 
+use crate::disk::{DiskStats, DiskWatch, Health, default_reserve_bytes, is_full, now_ms};
 use crate::events::{EventBatch, EventLog};
 use crate::replication::ReplicationGate;
 use crate::reply::{BatchReply, CommandResult};
@@ -171,6 +173,8 @@ pub struct ShardStats {
     /// True while client writes are refused as busy because group commits wait at the
     /// replication gate (the release queue is full): reads still flow.
     pub writes_held: AtomicBool,
+    /// Healthy / read-only (disk full) / poisoned, since when and why; free space and reserve.
+    pub disk: DiskStats,
 }
 
 /// Engine counters a shard writer publishes after each batch (see [`ShardStats::engine`]).
@@ -263,6 +267,15 @@ pub(crate) struct ShardWriter {
     pub unreleased: std::collections::VecDeque<(u64, u64)>,
     /// Set for a turn in which the release queue is full: client writes are answered busy.
     pub writes_held: bool,
+    /// Free-space checks, the reserve, and size-triggered snapshots (see `disk.rs`).
+    pub disk: DiskWatch,
+    /// Where each command's encoding ends in the batch's payload buffer.
+    pub payload_ends: Vec<usize>,
+}
+
+/// Bytes as MiB with one decimal, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 fn now_ns() -> u64 {
@@ -282,6 +295,9 @@ impl ShardWriter {
         let mut open = true;
         self.stats.engine.publish(&self.shard.engine);
         while open {
+            // Below the disk reserve the shard is read-only: no writes, like `writes_held`.
+            self.check_disk();
+            let disk_full = is_full(&self.stats.disk);
             // With the release queue full (a standby that does not acknowledge), this turn
             // takes no writes: client commands are answered busy, legs wait in their channel,
             // and queries go on being answered. The writer itself never blocks on the queue.
@@ -291,7 +307,7 @@ impl ShardWriter {
                 .store(self.writes_held, Ordering::Relaxed);
             // Wait for the first piece of work. A standby takes only its ring (replicated
             // records, queries, promotion): ticks and legs belong to a primary.
-            if self.writes_held {
+            if self.writes_held || (disk_full && self.primary) {
                 match self.ring.recv_timeout(self.config.tick_interval) {
                     Ok(request) => self.take(
                         request,
@@ -338,6 +354,7 @@ impl ShardWriter {
             // already in flight), then client requests.
             while self.primary
                 && !self.writes_held
+                && !disk_full
                 && commands.len() < self.config.batch_commands_max
             {
                 match self.internal.try_recv() {
@@ -454,6 +471,9 @@ impl ShardWriter {
         let Some(snapshotter) = &self.snapshotter else {
             return;
         };
+        // Read-only for lack of space: covered segments are deleted, not moved to the archive
+        // (on the same disk, archiving frees nothing).
+        let archive = !is_full(&self.stats.disk);
         let mut covered = snapshotter.latest.load(Ordering::Acquire);
         if let Some(floor) = self.gate.retention_floor() {
             covered = covered.min(floor);
@@ -466,11 +486,155 @@ impl ShardWriter {
         {
             covered = covered.min(floor.load(Ordering::Acquire));
         }
-        if covered > 0
-            && let Err(error) = self.shard.journal.retire_through(covered, true)
-        {
-            tracing::warn!(shard = self.shard.engine.config().shard, %error, "journal retention failed");
+        if covered == 0 {
+            return;
         }
+        match self.shard.journal.retire_through(covered, archive) {
+            Ok(retired) if !retired.is_empty() && !archive => tracing::warn!(
+                shard = self.shard.engine.config().shard,
+                segments = ?retired,
+                "disk full: journal segments covered by a snapshot deleted instead of archived"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(shard = self.shard.engine.config().shard, %error, "journal retention failed")
+            }
+        }
+    }
+
+    /// Every `check_interval_ms`: asks for a snapshot when the journal grew past its size
+    /// threshold, reads the free space, and turns the shard read-only below the reserve or
+    /// writable again when there is room and the next segment is ready.
+    fn check_disk(&mut self) {
+        let interval = Duration::from_millis(self.disk.policy.check_interval_ms);
+        if self.disk.last_check.elapsed() < interval {
+            return;
+        }
+        self.disk.last_check = std::time::Instant::now();
+        self.snapshot_by_size();
+        if self.stats.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        let space = match self.shard.journal.space() {
+            Ok(Some(space)) => space,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(shard = self.shard.engine.config().shard, %error, "cannot read the journal disk's free space");
+                return;
+            }
+        };
+        let disk = &self.stats.disk;
+        disk.free_bytes.store(space.free_bytes, Ordering::Relaxed);
+        disk.total_bytes.store(space.total_bytes, Ordering::Relaxed);
+        let snapshot_bytes = match &self.snapshotter {
+            Some(s) if s.latest_bytes.load(Ordering::Acquire) > 0 => {
+                s.latest_bytes.load(Ordering::Acquire)
+            }
+            _ => self.disk.snapshot_bytes,
+        };
+        let segment_bytes = self.shard.journal.config().segment_bytes;
+        let reserve = self
+            .disk
+            .policy
+            .reserve_bytes
+            .unwrap_or_else(|| default_reserve_bytes(segment_bytes, snapshot_bytes));
+        disk.reserve_bytes.store(reserve, Ordering::Relaxed);
+        if !self.primary {
+            // A standby cannot refuse its primary's records; it reports its space only.
+            return;
+        }
+        let full = is_full(disk);
+        if space.free_bytes < reserve {
+            if !full {
+                self.enter_read_only(format!(
+                    "{} free on the journal's disk, below the reserve of {}",
+                    mib(space.free_bytes),
+                    mib(reserve)
+                ));
+            }
+            return;
+        }
+        if full {
+            // Room again: resume once the next segment is ready (its preparation may have
+            // failed while the disk was full).
+            match self.shard.journal.ensure_room(segment_bytes) {
+                Ok(()) => self.leave_read_only(),
+                Err(error) => {
+                    tracing::debug!(shard = self.shard.engine.config().shard, %error, "still no room for the next segment")
+                }
+            }
+        }
+    }
+
+    /// Asks the replica for a snapshot once the journal written since the last one passes
+    /// the size threshold (retention can only retire what a snapshot covers).
+    fn snapshot_by_size(&mut self) {
+        let Some(snapshotter) = &self.snapshotter else {
+            return;
+        };
+        let latest = snapshotter.latest.load(Ordering::Acquire);
+        if latest != self.disk.snapshot_seen {
+            self.disk.snapshot_seen = latest;
+            self.disk.journal_bytes_since_snapshot = 0;
+            self.disk.snapshot_asked = false;
+        }
+        let every = self.disk.policy.snapshot_every_journal_bytes;
+        if every > 0 && !self.disk.snapshot_asked && self.disk.journal_bytes_since_snapshot >= every
+        {
+            snapshotter.requested.store(true, Ordering::Release);
+            self.disk.snapshot_asked = true;
+            self.stats
+                .disk
+                .snapshots_requested
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                shard = self.shard.engine.config().shard,
+                journal_bytes = self.disk.journal_bytes_since_snapshot,
+                "snapshot asked for: the journal grew past its size threshold"
+            );
+        }
+    }
+
+    /// Stops taking writes (`disk_full`) and asks for a snapshot so that retention can free
+    /// covered segments.
+    fn enter_read_only(&mut self, reason: String) {
+        let shard = self.shard.engine.config().shard;
+        tracing::error!(shard, %reason, "disk nearly full: shard read-only, writes answered disk_full until there is room");
+        let disk = &self.stats.disk;
+        disk.set_health(Health::ReadOnly {
+            since_ms: now_ms(),
+            reason,
+        });
+        disk.full.store(true, Ordering::Release);
+        disk.read_only_episodes.fetch_add(1, Ordering::Relaxed);
+        if let Some(snapshotter) = &self.snapshotter {
+            snapshotter.requested.store(true, Ordering::Release);
+            disk.snapshots_requested.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn leave_read_only(&mut self) {
+        let disk = &self.stats.disk;
+        let since = disk.health().since_ms().unwrap_or_else(now_ms);
+        disk.set_health(Health::Healthy);
+        disk.full.store(false, Ordering::Release);
+        tracing::warn!(
+            shard = self.shard.engine.config().shard,
+            read_only_ms = now_ms().saturating_sub(since),
+            "disk has room again: shard takes writes"
+        );
+    }
+
+    /// A journal write failed: the shard answers `shard_unavailable` until a restart.
+    fn poison(&self, reason: String) {
+        let shard = self.shard.engine.config().shard;
+        tracing::error!(shard, %reason, "journal write failed; shard unavailable");
+        self.stats.disk.set_health(Health::Poisoned {
+            since_ms: now_ms(),
+            reason,
+        });
+        self.stats.disk.full.store(false, Ordering::Release);
+        self.stats.poisoned.store(true, Ordering::Release);
     }
 
     /// Standby: journals the primary's records as they are, then applies them.
@@ -525,14 +689,14 @@ impl ShardWriter {
                     .journal
                     .append_with_epoch(*sequence, *epoch, *timestamp_ns, payload)
             {
-                self.stats.poisoned.store(true, Ordering::Release);
+                self.poison(format!("journal write failed: {error}"));
                 return Err(format!("shard {shard}: journal: {error}"));
             }
         }
         let durable = match self.shard.journal.commit() {
             Ok(durable) => durable,
             Err(error) => {
-                self.stats.poisoned.store(true, Ordering::Release);
+                self.poison(format!("journal write failed: {error}"));
                 return Err(format!("shard {shard}: journal: {error}"));
             }
         };
@@ -593,6 +757,20 @@ impl ShardWriter {
             Request::Submit {
                 commands: submitted,
                 reply,
+            } if self.primary && is_full(&self.stats.disk) => {
+                let refused = submitted.len() as u64;
+                for (index, _) in submitted {
+                    reply.set(index, CommandResult::DiskFull);
+                }
+                self.stats
+                    .disk
+                    .refused_commands
+                    .fetch_add(refused, Ordering::Relaxed);
+                reply.part_done();
+            }
+            Request::Submit {
+                commands: submitted,
+                reply,
             } if self.writes_held => {
                 for (index, _) in submitted {
                     reply.set(index, CommandResult::Busy);
@@ -627,6 +805,30 @@ impl ShardWriter {
         }
     }
 
+    /// A batch refused for lack of disk: clients get `disk_full`; legs go back to this shard's
+    /// own channel (they settle money in flight and must be journaled later, not dropped); a
+    /// tick is simply not taken.
+    fn refuse_for_disk(&self, commands: &[Command], origins: &[Origin]) {
+        let own = usize::from(self.shard.engine.config().shard);
+        let mut refused = 0u64;
+        for (command, origin) in commands.iter().zip(origins) {
+            match origin {
+                Origin::Client { reply, index } => {
+                    reply.set(*index, CommandResult::DiskFull);
+                    refused += 1;
+                }
+                Origin::Internal if !matches!(command, Command::Tick) => {
+                    let _ = self.peers[own].send(command.clone());
+                }
+                Origin::Internal => {}
+            }
+        }
+        self.stats
+            .disk
+            .refused_commands
+            .fetch_add(refused, Ordering::Relaxed);
+    }
+
     fn commit_and_apply(
         &mut self,
         commands: &[Command],
@@ -646,17 +848,44 @@ impl ShardWriter {
             answer_all(CommandResult::ShardUnavailable);
             return;
         }
+        // Encode the batch first: its journal bytes say whether it needs a new segment, and a
+        // segment the disk refuses turns the shard read-only before anything is appended.
+        payload.clear();
+        self.payload_ends.clear();
+        let mut batch_bytes = 0u64;
+        for command in commands {
+            let start = payload.len();
+            encode_command(command, payload);
+            self.payload_ends.push(payload.len());
+            batch_bytes += record_bytes(payload.len() - start) as u64;
+        }
+        match self.shard.journal.ensure_room(batch_bytes) {
+            Ok(()) => {}
+            Err(JournalError::NoRoom { path, source }) => {
+                self.enter_read_only(format!(
+                    "the next journal segment cannot be prepared in {}: {source}",
+                    path.display()
+                ));
+                self.refuse_for_disk(commands, origins);
+                return;
+            }
+            Err(error) => {
+                self.poison(format!("journal write failed: {error}"));
+                answer_all(CommandResult::ShardUnavailable);
+                return;
+            }
+        }
         // Prepare: sequence numbers and one timestamp for the batch (time never goes back).
         let timestamp_ns = now_ns().max(self.shard.engine.last_timestamp_ns());
         let first = self.shard.journal.next_sequence();
         let mut journaled = Ok(());
-        for (i, command) in commands.iter().enumerate() {
-            payload.clear();
-            encode_command(command, payload);
-            journaled = self
-                .shard
-                .journal
-                .append(first + i as u64, timestamp_ns, payload);
+        let mut start = 0;
+        for (i, end) in self.payload_ends.iter().enumerate() {
+            journaled =
+                self.shard
+                    .journal
+                    .append(first + i as u64, timestamp_ns, &payload[start..*end]);
+            start = *end;
             if journaled.is_err() {
                 break;
             }
@@ -668,11 +897,11 @@ impl ShardWriter {
             .commit_latency
             .record(sync_started.elapsed().as_micros() as u64);
         if let Err(error) = journaled {
-            tracing::error!(shard = self.shard.engine.config().shard, %error, "journal write failed; shard unavailable");
-            self.stats.poisoned.store(true, Ordering::Release);
+            self.poison(format!("journal write failed: {error}"));
             answer_all(CommandResult::ShardUnavailable);
             return;
         }
+        self.disk.journal_bytes_since_snapshot += batch_bytes;
         // Apply: the batch is durable; now it must all apply.
         let mut batch_events: Vec<(u64, paycore_engine::Event)> = Vec::new();
         for (i, command) in commands.iter().enumerate() {

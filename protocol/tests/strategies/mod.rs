@@ -193,6 +193,7 @@ pub fn arb_command_result() -> impl Strategy<Value = CommandResult> {
         8 => arb_outcome().prop_map(CommandResult::Outcome),
         1 => Just(CommandResult::Busy),
         1 => Just(CommandResult::ShardUnavailable),
+        1 => Just(CommandResult::DiskFull),
     ]
 }
 
