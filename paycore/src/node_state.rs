@@ -130,6 +130,11 @@ impl NodeState {
         }))
         .map_err(|e| e.to_string())?;
         let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        if std::fs::read_to_string(&path).is_ok_and(|saved| saved == text) {
+            // Unchanged (every start saves): writing nothing lets a node start on a full disk
+            // and serve read-only (issue 25).
+            return Ok(());
+        }
         std::fs::create_dir_all(data_dir).map_err(io)?;
         let temporary = data_dir.join(format!("{FILE_NAME}.tmp"));
         {
