@@ -40,6 +40,7 @@ fn check(summary: &Summary, json: &Path, svg: &Path) {
         o.ok + o.rejected.values().sum::<u64>()
             + o.busy
             + o.shard_unavailable
+            + o.disk_full
             + o.timeouts
             + o.client_errors
     );
