@@ -164,8 +164,10 @@ impl DiskWatch {
     pub fn new(policy: DiskPolicy, snapshot_bytes: u64) -> DiskWatch {
         DiskWatch {
             policy,
+            // Due at the first turn.
             last_check: std::time::Instant::now()
-                - std::time::Duration::from_millis(policy.check_interval_ms),
+                .checked_sub(std::time::Duration::from_millis(policy.check_interval_ms))
+                .unwrap_or_else(std::time::Instant::now),
             snapshot_bytes,
             journal_bytes_since_snapshot: 0,
             snapshot_seen: 0,
