@@ -264,7 +264,10 @@ async fn a_full_disk_turns_the_node_read_only_before_any_write_fails_and_writes_
         .as_u64()
         .expect("reserve reported");
     assert_eq!(shard0["state"], "healthy");
-    assert_eq!(reserve, 4 << 20, "two 2 MiB segments, no snapshot yet");
+    assert!(
+        (4 << 20..5 << 20).contains(&reserve),
+        "two 2 MiB segments and a small snapshot: {reserve}"
+    );
     assert!(free > reserve + (3 << 20), "free {free}");
     std::fs::write(
         &blocker,

@@ -273,6 +273,16 @@ pub(crate) struct ShardWriter {
     pub payload_ends: Vec<usize>,
 }
 
+/// A generous estimate of a snapshot of the engine as it stands (measured: ~45 bytes per
+/// idempotency record, which dominate; 24.1 MB for 530 k records and 1 k wallets).
+fn snapshot_estimate_bytes(engine: &EngineCounters) -> u64 {
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    count(&engine.idempotency_entries)
+        .saturating_mul(64)
+        .saturating_add(count(&engine.wallets).saturating_mul(256))
+        .saturating_add(count(&engine.open_holds).saturating_mul(256))
+}
+
 /// Bytes as MiB with one decimal, for messages.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
@@ -512,6 +522,9 @@ impl ShardWriter {
         }
         self.disk.last_check = std::time::Instant::now();
         self.snapshot_by_size();
+        // Retention also runs here, not only after a batch: a read-only shard commits no
+        // batches, and the snapshot it asked for must free covered segments.
+        self.retire();
         if self.stats.poisoned.load(Ordering::Acquire) {
             return;
         }
@@ -526,12 +539,15 @@ impl ShardWriter {
         let disk = &self.stats.disk;
         disk.free_bytes.store(space.free_bytes, Ordering::Relaxed);
         disk.total_bytes.store(space.total_bytes, Ordering::Relaxed);
-        let snapshot_bytes = match &self.snapshotter {
+        let written = match &self.snapshotter {
             Some(s) if s.latest_bytes.load(Ordering::Acquire) > 0 => {
                 s.latest_bytes.load(Ordering::Acquire)
             }
             _ => self.disk.snapshot_bytes,
         };
+        // The next snapshot is as large as the state now, not as the last one was: without
+        // room for it a read-only shard could never snapshot, retire, and resume.
+        let snapshot_bytes = written.max(snapshot_estimate_bytes(&self.stats.engine));
         let segment_bytes = self.shard.journal.config().segment_bytes;
         let reserve = self
             .disk
