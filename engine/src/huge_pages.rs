@@ -68,29 +68,6 @@ pub(crate) fn populate<T>(values: &Vec<T>) {
     }
 }
 
-/// Makes room for at least one more element the way huge pages want it: twice the capacity
-/// (at most `max` elements, at least one more), through [`reserve_exact`].
-pub(crate) fn grow<T: Copy>(values: &mut Vec<T>, max: usize) {
-    let at_least = values.len() + 1;
-    let wanted = (values.capacity() * 2).max(16).min(max).max(at_least);
-    reserve_exact(values, wanted);
-}
-
-/// Gives `values` a capacity of exactly `capacity` (when larger than its current one) in a
-/// fresh allocation advised *before* the copy touches it, so every page of the new vector is
-/// faulted in huge. `Vec::reserve` instead reallocates with `mremap`, which carries the old
-/// 4 KiB pages along and leaves most of a large vector on small pages (measured: about 60 %
-/// of the wallets vector was on huge pages after pushing 1 M wallets).
-pub(crate) fn reserve_exact<T: Copy>(values: &mut Vec<T>, capacity: usize) {
-    if capacity <= values.capacity() {
-        return;
-    }
-    let mut grown = Vec::with_capacity(capacity);
-    advise(&grown);
-    grown.extend_from_slice(values);
-    *values = grown;
-}
-
 /// A copy of `values` with the same capacity in a fresh allocation advised onto huge pages
 /// before the copy touches it. `Vec::clone` allocates plainly, so a cloned engine (the
 /// snapshot replica's) stayed on 4 KiB pages and replayed slower than the engine it was copied
@@ -117,27 +94,6 @@ mod tests {
     }
 
     #[test]
-    fn growing_keeps_the_contents_and_doubles_within_the_maximum() {
-        let mut values: Vec<u64> = Vec::new();
-        for i in 0..10_000u64 {
-            if values.len() == values.capacity() {
-                let before = values.capacity();
-                grow(&mut values, 12_345);
-                assert!(values.capacity() > before);
-                assert!(values.capacity() <= 12_345 || values.capacity() == values.len() + 1);
-            }
-            values.push(i);
-        }
-        assert!(values.iter().copied().eq(0..10_000));
-        // Past the maximum, room for one more is still made (the caller enforces the limit).
-        let mut full: Vec<u8> = vec![7; 3];
-        full.shrink_to_fit();
-        grow(&mut full, 3);
-        assert!(full.capacity() >= 4);
-        assert_eq!(full, [7, 7, 7]);
-    }
-
-    #[test]
     fn populating_keeps_the_contents() {
         let mut values: Vec<u64> = Vec::with_capacity(1 << 20);
         values.extend(0..1000u64);
@@ -146,15 +102,5 @@ mod tests {
         values.resize(1 << 20, 0);
         assert!(values[1000..].iter().all(|v| *v == 0));
         populate(&Vec::<u8>::new());
-    }
-
-    #[test]
-    fn reserving_exactly_never_shrinks() {
-        let mut values = vec![1u32, 2, 3];
-        reserve_exact(&mut values, 1 << 20);
-        assert_eq!(values.capacity(), 1 << 20);
-        reserve_exact(&mut values, 10);
-        assert_eq!(values.capacity(), 1 << 20);
-        assert_eq!(values, [1, 2, 3]);
     }
 }

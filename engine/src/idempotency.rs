@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 
+use crate::chunked::ChunkedFifo;
 use crate::command::IdempotencyKey;
 use crate::currency::CurrencyId;
 use crate::ids::{HoldId, TransferId, WalletId};
@@ -166,7 +167,7 @@ impl Packed {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     timestamp_ns: u64,
     /// Fingerprint of the operation's parameters.
@@ -207,12 +208,39 @@ fn tag(hash: u64) -> u32 {
 /// of the run back into the hole (backward-shift deletion), so there are never tombstones and a
 /// probe ends at the first empty slot. Matching tags are confirmed by the caller (key bytes).
 /// The load stays at most 3/4: the slot count doubles before an insert would pass it.
+///
+/// Doubling never stops the world: the old slots are kept as a read-only [`Retiring`] table
+/// and moved into the new one [`MIGRATE_SLOTS_PER_INSERT`] at a time, one step per insert,
+/// long before the new table could fill (it starts at 3/8 load). Meanwhile a lookup probes the
+/// new table, then the old; an entry lives in exactly one of them. (Re-placing 12.6 M entries
+/// at once took a batch hundreds of milliseconds.)
 #[derive(Debug)]
 struct Index {
     slots: Vec<u64>,
     bits: u32,
+    /// Entries in both tables.
     len: usize,
+    retiring: Option<Retiring>,
 }
+
+/// The old table while its entries move to the new one. Its moved or removed slots hold
+/// [`MOVED`] (a probe passes over them, nothing matches them), so probes for the entries
+/// still there find them as before. Its empty slots stay empty (at least a quarter of them:
+/// it was at most 3/4 full and takes no inserts), so every probe of it ends.
+#[derive(Debug, Clone)]
+struct Retiring {
+    slots: Vec<u64>,
+    bits: u32,
+    /// Slots below it have been moved.
+    cursor: usize,
+}
+
+/// An old-table slot whose entry has moved or gone. Never a real slot: real tags are odd.
+const MOVED: u64 = 2;
+
+/// Old slots moved per insert while a table grows (the new table, twice the size, could only
+/// fill after as many inserts as the old one held: far more than its slots / this).
+const MIGRATE_SLOTS_PER_INSERT: usize = 8;
 
 impl Clone for Index {
     /// On huge pages like the original (`huge_pages::clone_advised`).
@@ -221,8 +249,17 @@ impl Clone for Index {
             slots: crate::huge_pages::clone_advised(&self.slots),
             bits: self.bits,
             len: self.len,
+            retiring: self.retiring.as_ref().map(|old| Retiring {
+                slots: crate::huge_pages::clone_advised(&old.slots),
+                bits: old.bits,
+                cursor: old.cursor,
+            }),
         }
     }
+}
+
+fn home_of(tag: u32, bits: u32) -> usize {
+    (u64::from(tag) >> (32 - bits)) as usize
 }
 
 impl Index {
@@ -236,6 +273,7 @@ impl Index {
             slots,
             bits,
             len: 0,
+            retiring: None,
         }
     }
 
@@ -244,7 +282,7 @@ impl Index {
     }
 
     fn home(&self, tag: u32) -> usize {
-        (u64::from(tag) >> (32 - self.bits)) as usize
+        home_of(tag, self.bits)
     }
 
     fn slot_tag(slot: u64) -> u32 {
@@ -265,6 +303,19 @@ impl Index {
         loop {
             let slot = self.slots[i];
             if slot == 0 {
+                break;
+            }
+            if Index::slot_tag(slot) == tag && matches(slot as u32) {
+                return Some(slot as u32);
+            }
+            i = (i + 1) & mask;
+        }
+        let old = self.retiring.as_ref()?;
+        let mask = old.slots.len() - 1;
+        let mut i = home_of(tag, old.bits);
+        loop {
+            let slot = old.slots[i];
+            if slot == 0 {
                 return None;
             }
             if Index::slot_tag(slot) == tag && matches(slot as u32) {
@@ -276,6 +327,7 @@ impl Index {
 
     /// Adds `number` under `tag` (the caller has checked the key is not in the index).
     fn insert(&mut self, tag: u32, number: u32) {
+        self.migrate(MIGRATE_SLOTS_PER_INSERT);
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
@@ -292,20 +344,87 @@ impl Index {
         self.slots[i] = value;
     }
 
-    /// Doubles the slot count and re-places every entry (the only rehash).
+    /// Starts doubling: the current slots retire, a table twice the size takes new entries.
     fn grow(&mut self) {
+        // A previous growth still moving (only when a reserve grows twice in a row): finish it.
+        self.migrate(usize::MAX);
         let old = std::mem::take(&mut self.slots);
+        let bits = self.bits;
         *self = Index {
             len: self.len,
-            ..Index::with_bits(self.bits + 1)
+            ..Index::with_bits(bits + 1)
         };
-        for value in old.into_iter().filter(|&v| v != 0) {
-            self.place(value);
+        self.retiring = Some(Retiring {
+            slots: old,
+            bits,
+            cursor: 0,
+        });
+    }
+
+    /// Moves up to `slots` old slots into the new table; drops the old table once all moved.
+    fn migrate(&mut self, slots: usize) {
+        let Some(mut old) = self.retiring.take() else {
+            return;
+        };
+        let end = old.cursor.saturating_add(slots).min(old.slots.len());
+        for i in old.cursor..end {
+            let value = old.slots[i];
+            if value == 0 {
+                // Empty stays empty: no run crosses it, and every probe of the old table must
+                // still find an empty slot to end at.
+                continue;
+            }
+            if value != MOVED {
+                self.place(value);
+            }
+            // Not 0: a probe for an entry later in this run must walk past it.
+            old.slots[i] = MOVED;
         }
+        old.cursor = end;
+        if old.cursor < old.slots.len() {
+            self.retiring = Some(old);
+        }
+    }
+
+    /// Entries held in both tables, counted slot by slot (a check of `len`).
+    #[cfg(test)]
+    fn live_slots(&self) -> usize {
+        let live = |slots: &[u64]| slots.iter().filter(|&&s| s != 0 && s != MOVED).count();
+        live(&self.slots) + self.retiring.as_ref().map_or(0, |old| live(&old.slots))
+    }
+
+    /// Finishes any growth in progress (tests and reserves: nothing left half moved).
+    fn settle(&mut self) {
+        self.migrate(usize::MAX);
     }
 
     /// Removes `number` under `tag`; false if it is not there.
     fn remove(&mut self, tag: u32, number: u32) -> bool {
+        if self.remove_current(tag, number) {
+            self.len -= 1;
+            return true;
+        }
+        let Some(old) = self.retiring.as_mut() else {
+            return false;
+        };
+        let value = (u64::from(tag) << 32) | u64::from(number);
+        let mask = old.slots.len() - 1;
+        let mut i = home_of(tag, old.bits);
+        loop {
+            match old.slots[i] {
+                0 => return false,
+                v if v == value => {
+                    // No backward shift in the old table: a mark keeps the run whole.
+                    old.slots[i] = MOVED;
+                    self.len -= 1;
+                    return true;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn remove_current(&mut self, tag: u32, number: u32) -> bool {
         let value = (u64::from(tag) << 32) | u64::from(number);
         let mask = self.mask();
         let mut hole = self.home(tag);
@@ -332,48 +451,90 @@ impl Index {
             j = (j + 1) & mask;
         }
         self.slots[hole] = 0;
-        self.len -= 1;
         true
     }
 }
 
-/// FIFO byte arena: keys are appended at the back and released from the front.
+/// Bytes per chunk of the key arena.
+const KEY_CHUNK_BYTES: usize = 4 << 20;
+
+/// FIFO byte arena: keys are appended at the back and released from the front, in chunks
+/// that never move (a key never straddles two; the tail a key did not fit in stays unused).
+/// A key's logical offset is its chunk's number times [`KEY_CHUNK_BYTES`] plus its place in
+/// the chunk. (A `Vec<u8>` compacted by draining its dead half moved hundreds of megabytes
+/// inside a batch at millions of keys.)
 #[derive(Debug, Default, Clone)]
 struct KeyArena {
-    bytes: Vec<u8>,
-    /// Index in `bytes` of the first live byte.
-    head: usize,
-    /// Logical offset of `bytes[0]`.
-    base: u64,
+    chunks: VecDeque<Vec<u8>>,
+    /// Number of `chunks[0]`.
+    first_chunk: u64,
+    /// An emptied chunk, kept for the next one needed.
+    spare: Option<Vec<u8>>,
 }
 
 impl KeyArena {
     fn push(&mut self, key: &[u8]) -> u64 {
-        let offset = self.base + self.bytes.len() as u64;
-        self.bytes.extend_from_slice(key);
+        debug_assert!(key.len() <= usize::from(u8::MAX));
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|back| back.len() + key.len() <= KEY_CHUNK_BYTES);
+        if !fits {
+            let fresh = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(KEY_CHUNK_BYTES));
+            debug_assert!(fresh.is_empty());
+            self.chunks.push_back(fresh);
+        }
+        let number = self.first_chunk + self.chunks.len() as u64 - 1;
+        let Some(back) = self.chunks.back_mut() else {
+            unreachable!("a chunk was just ensured")
+        };
+        let offset = number * KEY_CHUNK_BYTES as u64 + back.len() as u64;
+        back.extend_from_slice(key);
         offset
     }
 
     fn get(&self, offset: u64, len: u8) -> &[u8] {
-        let start = usize::try_from(offset - self.base).unwrap_or(usize::MAX);
-        &self.bytes[start..start + usize::from(len)]
+        let chunk = (offset / KEY_CHUNK_BYTES as u64 - self.first_chunk) as usize;
+        let start = (offset % KEY_CHUNK_BYTES as u64) as usize;
+        &self.chunks[chunk][start..start + usize::from(len)]
     }
 
-    fn pop_front(&mut self, len: u8) {
-        self.head += usize::from(len);
-        assert!(self.head <= self.bytes.len());
-        // Compact once the dead prefix is at least half: amortised O(1) per byte.
-        if self.head >= 64 * 1024 && self.head * 2 >= self.bytes.len() {
-            self.bytes.drain(..self.head);
-            self.base += self.head as u64;
-            self.head = 0;
+    /// Releases every chunk before the one holding `offset` (the oldest live key), or every
+    /// chunk when no key is live (`None`).
+    fn release_before(&mut self, offset: Option<u64>) {
+        let keep_from = offset.map_or(u64::MAX, |o| o / KEY_CHUNK_BYTES as u64);
+        while self.first_chunk < keep_from
+            && let Some(mut used) = self.chunks.pop_front()
+        {
+            self.first_chunk += 1;
+            used.clear();
+            if self.spare.is_none() {
+                self.spare = Some(used);
+            }
+        }
+        if offset.is_none() {
+            // Empty: the next key starts a fresh chunk numbered after the released ones.
+            debug_assert!(self.chunks.is_empty());
+        }
+    }
+
+    /// Chunks allocated, for a reserve of `bytes`.
+    fn reserve(&mut self, bytes: usize) {
+        if self.spare.is_none() && bytes > 0 {
+            self.spare = Some(Vec::with_capacity(KEY_CHUNK_BYTES));
         }
     }
 }
 
+/// Entries per chunk of the FIFO (48-byte entries: 3 MiB chunks).
+const ENTRY_CHUNK_SHIFT: u32 = 16;
+
 #[derive(Debug, Clone)]
 pub(crate) struct IdempotencyTable {
-    entries: VecDeque<Entry>,
+    entries: ChunkedFifo<Entry>,
     /// Entry number of `entries[0]`; numbers grow by one per insert. The index holds them mod
     /// 2^32, which is unambiguous because fewer than 2^32 entries are ever live.
     first_number: u64,
@@ -394,13 +555,7 @@ impl IdempotencyTable {
     /// page faults inside a writer's batch.
     pub(crate) fn with_reserve(mut self, entries: usize) -> Self {
         let entries = entries.min(self.entries_max);
-        if self.entries.is_empty() && entries > 0 {
-            let room: Vec<Entry> = Vec::with_capacity(entries);
-            crate::huge_pages::advise(&room);
-            crate::huge_pages::populate(&room);
-            // Reuses the vector's buffer as it is (no copy, no reallocation).
-            self.entries = VecDeque::from(room);
-        }
+        self.entries.reserve(entries, true);
         self.reserve(entries);
         crate::huge_pages::populate(&self.index.slots);
         self
@@ -413,19 +568,16 @@ impl IdempotencyTable {
         if entries == 0 {
             return;
         }
-        self.entries
-            .reserve_exact(entries.saturating_sub(self.entries.len()));
-        // Keys average well under 32 bytes (UUIDs are 36; the arena compacts at half dead).
-        let key_bytes = entries.saturating_mul(32);
-        self.keys
-            .bytes
-            .reserve(key_bytes.saturating_sub(self.keys.bytes.len()));
+        self.entries.reserve(entries, false);
+        self.keys.reserve(entries);
         // Load stays at most 3/4: slots >= entries * 4 / 3.
         let slots = entries.saturating_mul(4).div_ceil(3).next_power_of_two();
         let bits = slots.trailing_zeros().clamp(Index::BITS_MIN, 32);
         while self.index.bits < bits {
             self.index.grow();
         }
+        // Reserving happens before work starts: nothing is left half moved.
+        self.index.settle();
     }
 
     pub(crate) fn new(window_ns: u64, entries_max: usize, seed: u64) -> Self {
@@ -435,7 +587,7 @@ impl IdempotencyTable {
             "idempotency entries are numbered mod 2^32"
         );
         IdempotencyTable {
-            entries: VecDeque::new(),
+            entries: ChunkedFifo::new(ENTRY_CHUNK_SHIFT),
             first_number: 0,
             index: Index::with_bits(Index::BITS_MIN),
             spilled: VecDeque::new(),
@@ -553,7 +705,8 @@ impl IdempotencyTable {
                 "idempotency spilled outcomes out of step"
             );
         }
-        self.keys.pop_front(front.key_len);
+        self.keys
+            .release_before(self.entries.front().map(|next| next.key_offset));
         self.first_number += 1;
     }
 
@@ -809,7 +962,7 @@ mod tests {
         assert_eq!(table.len(), 0);
         assert!(table.spilled.is_empty());
         assert_eq!(table.index.len, 0);
-        assert!(table.index.slots.iter().all(|&s| s == 0));
+        assert_eq!(table.index.live_slots(), 0);
     }
 
     /// The index against a model, with few distinct tags (long colliding runs), wrapping runs
@@ -853,15 +1006,63 @@ mod tests {
                     assert_eq!(index.find(tag, |m| m == n), Some(n));
                 }
                 assert_eq!(index.find(tags[0], |m| m == number), None);
-                assert_eq!(index.slots.iter().filter(|&&s| s != 0).count(), model.len());
+                assert_eq!(index.live_slots(), model.len());
             }
         }
         assert!(index.bits > Index::BITS_MIN);
     }
 
-    /// The one pause the index has: doubling. Timed at the default capacity's last growth
-    /// (12.6 M entries, 2^24 -> 2^25 slots): `cargo test --release -p paycore-engine --lib
-    /// index_growth_pause -- --ignored --nocapture`.
+    /// Growth moves the old table a few slots per insert: every entry stays findable and
+    /// removable at every step of a migration, including removals of entries still in the old
+    /// table and wrapped runs; the old table goes once all moved.
+    #[test]
+    fn a_growing_index_finds_and_removes_every_entry_mid_migration() {
+        use std::collections::BTreeSet;
+        let mut index = Index::with_bits(Index::BITS_MIN + 6);
+        let mut model = BTreeSet::new();
+        let mut number = 0u32;
+        let mut seen_migrating = false;
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for step in 0..40_000u32 {
+            if model.is_empty() || next() % 10 < 7 {
+                let tag = if next() % 4 == 0 {
+                    u32::MAX
+                } else {
+                    tag(next())
+                };
+                index.insert(tag, number);
+                model.insert((tag, number));
+                number = number.wrapping_add(1);
+            } else {
+                let pick = (next() % model.len() as u64) as usize;
+                let &(tag, n) = model.iter().nth(pick).expect("non-empty");
+                assert!(index.remove(tag, n), "step {step}");
+                model.remove(&(tag, n));
+            }
+            seen_migrating |= index.retiring.is_some();
+            if step % 211 == 0 {
+                for &(tag, n) in &model {
+                    assert_eq!(index.find(tag, |m| m == n), Some(n), "step {step}");
+                }
+                assert_eq!(index.live_slots(), model.len());
+            }
+        }
+        assert!(seen_migrating);
+        index.settle();
+        assert!(index.retiring.is_none());
+        assert_eq!(index.live_slots(), model.len());
+    }
+
+    /// What doubling costs an insert now that it migrates incrementally, at the default
+    /// capacity's last growth (12.6 M entries, 2^24 -> 2^25 slots): the slowest single insert
+    /// of the growth and of the whole migration after it. `cargo test --release -p
+    /// paycore-engine --lib index_growth_pause -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing, release build"]
     fn index_growth_pause() {
@@ -872,13 +1073,23 @@ mod tests {
             index.insert(tag(xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes())), n);
         }
         assert_eq!(index.bits, bits);
-        let start = std::time::Instant::now();
-        index.insert(tag(u64::MAX), full as u32);
-        let pause = start.elapsed();
-        assert_eq!(index.bits, bits + 1);
+        let mut slowest = std::time::Duration::ZERO;
+        let mut n = full as u32;
+        let started = std::time::Instant::now();
+        loop {
+            let start = std::time::Instant::now();
+            index.insert(tag(xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes())), n);
+            slowest = slowest.max(start.elapsed());
+            n += 1;
+            if index.bits > bits && index.retiring.is_none() {
+                break;
+            }
+        }
         println!(
-            "growth of {full} entries to 2^{} slots: {pause:.2?}",
-            bits + 1
+            "growth of {full} entries to 2^{} slots, migrated over {} inserts in {:.2?}: slowest insert {slowest:.2?}",
+            bits + 1,
+            n as usize - full,
+            started.elapsed()
         );
     }
 }

@@ -22,6 +22,7 @@
 #![deny(unsafe_code)] // reasoned exceptions: the prefetch hint (`prefetch.rs`), huge-page advice (`huge_pages.rs`)
 
 pub mod amount;
+mod chunked;
 pub mod codec;
 mod command;
 pub mod currency;

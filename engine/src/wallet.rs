@@ -15,6 +15,7 @@
 //! 88 bytes per wallet in all (the single 96-byte struct spanned two lines, both read by a
 //! transfer).
 
+use crate::chunked::ChunkedVec;
 use crate::command::Tier;
 use crate::currency::CurrencyId;
 use crate::ids::UserId;
@@ -141,13 +142,24 @@ const _: () = assert!(std::mem::size_of::<Cold>() == 16);
 pub const WALLET_STORED_BYTES: usize =
     std::mem::size_of::<Hot>() + std::mem::size_of::<u64>() + std::mem::size_of::<Cold>();
 
-/// All wallets of a shard, by slot, split by access (see the module docs). The three vectors
+/// Wallets per chunk of each part (hot parts: 16 MiB chunks). Wallets are stored in chunks
+/// that never move (`chunked.rs`): opening the millionth wallet costs what opening the first
+/// did, where a doubling vector once copied every wallet inside a batch.
+const WALLET_CHUNK_SHIFT: u32 = 18;
+
+/// All wallets of a shard, by slot, split by access (see the module docs). The three arrays
 /// always have the same length. Indexing (`wallets[slot]`) gives the hot part.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Wallets {
-    hot: Vec<Hot>,
-    updated_at_ns: Vec<u64>,
-    cold: Vec<Cold>,
+    hot: ChunkedVec<Hot>,
+    updated_at_ns: ChunkedVec<u64>,
+    cold: ChunkedVec<Cold>,
+}
+
+impl Default for Wallets {
+    fn default() -> Self {
+        Wallets::with_capacity(0, false)
+    }
 }
 
 /// A whole wallet as its hot part, change time and cold part.
@@ -170,58 +182,36 @@ fn split(wallet: &Wallet) -> (Hot, u64, Cold) {
     (hot, wallet.updated_at_ns, cold)
 }
 
-impl Clone for Wallets {
-    /// On huge pages like the original (`huge_pages::clone_advised`), with the same room.
-    fn clone(&self) -> Self {
-        Wallets {
-            hot: crate::huge_pages::clone_advised(&self.hot),
-            updated_at_ns: crate::huge_pages::clone_advised(&self.updated_at_ns),
-            cold: crate::huge_pages::clone_advised(&self.cold),
-        }
-    }
-}
-
 impl Wallets {
     pub(crate) fn len(&self) -> usize {
         self.hot.len()
     }
 
-    /// Room for `capacity` wallets, advised onto huge pages and, with `populate`, faulted in.
+    /// Room for `capacity` wallets, on huge pages and, with `populate`, faulted in.
     pub(crate) fn with_capacity(capacity: usize, populate: bool) -> Wallets {
-        let wallets = Wallets {
-            hot: Vec::with_capacity(capacity),
-            updated_at_ns: Vec::with_capacity(capacity),
-            cold: Vec::with_capacity(capacity),
+        let mut wallets = Wallets {
+            hot: ChunkedVec::new(WALLET_CHUNK_SHIFT),
+            updated_at_ns: ChunkedVec::new(WALLET_CHUNK_SHIFT),
+            cold: ChunkedVec::new(WALLET_CHUNK_SHIFT),
         };
-        crate::huge_pages::advise(&wallets.hot);
-        crate::huge_pages::advise(&wallets.updated_at_ns);
-        crate::huge_pages::advise(&wallets.cold);
-        if populate && capacity > 0 {
-            crate::huge_pages::populate(&wallets.hot);
-            crate::huge_pages::populate(&wallets.updated_at_ns);
-            crate::huge_pages::populate(&wallets.cold);
-        }
+        wallets.reserve(capacity, populate);
         wallets
     }
 
-    /// Capacity of at least `capacity` wallets, through [`crate::huge_pages::reserve_exact`].
-    pub(crate) fn reserve_exact(&mut self, capacity: usize) {
-        crate::huge_pages::reserve_exact(&mut self.hot, capacity);
-        crate::huge_pages::reserve_exact(&mut self.updated_at_ns, capacity);
-        crate::huge_pages::reserve_exact(&mut self.cold, capacity);
+    fn reserve(&mut self, capacity: usize, populate: bool) {
+        self.hot.reserve(capacity, populate);
+        self.updated_at_ns.reserve(capacity, populate);
+        self.cold.reserve(capacity, populate);
     }
 
-    /// Appends a wallet, growing the way huge pages want it (at most `max` wallets of room).
+    /// Room for at least `capacity` wallets (allocated, not faulted in).
+    pub(crate) fn reserve_exact(&mut self, capacity: usize) {
+        self.reserve(capacity, false);
+    }
+
+    /// Appends a wallet (the caller keeps the count within `max`).
     pub(crate) fn push(&mut self, wallet: Wallet, max: usize) {
-        if self.hot.len() == self.hot.capacity() {
-            crate::huge_pages::grow(&mut self.hot, max);
-        }
-        if self.updated_at_ns.len() == self.updated_at_ns.capacity() {
-            crate::huge_pages::grow(&mut self.updated_at_ns, max);
-        }
-        if self.cold.len() == self.cold.capacity() {
-            crate::huge_pages::grow(&mut self.cold, max);
-        }
+        assert!(self.len() < max, "wallets past their maximum");
         let (hot, updated_at_ns, cold) = split(&wallet);
         self.hot.push(hot);
         self.updated_at_ns.push(updated_at_ns);
@@ -268,8 +258,8 @@ impl Wallets {
     }
 
     /// The hot part of every wallet, in slot order.
-    pub(crate) fn hot_parts(&self) -> &[Hot] {
-        &self.hot
+    pub(crate) fn hot_parts(&self) -> impl Iterator<Item = &Hot> + '_ {
+        self.hot.iter()
     }
 
     pub(crate) fn cold(&self, slot: u32) -> &Cold {
