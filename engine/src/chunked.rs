@@ -70,7 +70,7 @@ impl<T: Copy> ChunkedVec<T> {
         }
         self.chunks[at].push(value);
         self.len += 1;
-        debug_assert_eq!(self.chunks[at].len(), (self.len - 1 & self.mask()) + 1);
+        debug_assert_eq!(self.chunks[at].len(), ((self.len - 1) & self.mask()) + 1);
     }
 
     pub(crate) fn pop(&mut self) -> Option<T> {
