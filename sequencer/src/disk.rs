@@ -158,6 +158,8 @@ pub(crate) struct DiskWatch {
     pub snapshot_seen: u64,
     /// A size-triggered snapshot was asked for and is not there yet.
     pub snapshot_asked: bool,
+    /// "Nearly full" was logged (below twice the reserve) and the space has not recovered.
+    pub warned_low: bool,
 }
 
 impl DiskWatch {
@@ -172,6 +174,7 @@ impl DiskWatch {
             journal_bytes_since_snapshot: 0,
             snapshot_seen: 0,
             snapshot_asked: false,
+            warned_low: false,
         }
     }
 }

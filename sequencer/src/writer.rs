@@ -562,6 +562,20 @@ impl ShardWriter {
             return;
         }
         let full = is_full(disk);
+        // Say so before it happens: once below twice the reserve (again after it recovered
+        // to three times).
+        let low = space.free_bytes < reserve.saturating_mul(2);
+        if low && !self.disk.warned_low {
+            tracing::warn!(
+                shard = self.shard.engine.config().shard,
+                free = %mib(space.free_bytes),
+                reserve = %mib(reserve),
+                "journal disk nearly full: the shard turns read-only below the reserve"
+            );
+            self.disk.warned_low = true;
+        } else if space.free_bytes > reserve.saturating_mul(3) {
+            self.disk.warned_low = false;
+        }
         if space.free_bytes < reserve {
             if !full {
                 self.enter_read_only(format!(
