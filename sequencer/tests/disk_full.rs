@@ -183,7 +183,11 @@ fn cross_shard_legs_wait_out_a_full_disk_and_every_acknowledged_transfer_settles
             .map(|i| {
                 next += 1;
                 let (a, b) = (left[i % left.len()], right[(i / 2) % right.len()]);
-                if next.is_multiple_of(2) { (a, b) } else { (b, a) }
+                if next.is_multiple_of(2) {
+                    (a, b)
+                } else {
+                    (b, a)
+                }
             })
             .collect();
         let commands = batch
