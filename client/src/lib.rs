@@ -587,6 +587,18 @@ impl Subscription {
     }
 }
 
+/// The first sequence a node can still give, from the message of its `position_unavailable`
+/// refusal (`… first_available=<n>`).
+pub fn first_available(message: &str) -> Option<u64> {
+    message
+        .rsplit("first_available=")
+        .next()
+        .filter(|_| message.contains("first_available="))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn read_certificate(path: &std::path::Path) -> Result<CertificateDer<'static>, ClientError> {
     let error = |reason: String| ClientError::Certificate {
         path: path.to_path_buf(),

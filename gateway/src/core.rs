@@ -92,7 +92,16 @@ impl Core {
             let left = deadline.saturating_duration_since(Instant::now());
             let client = self.link.primary(left).await.map_err(|e| unavailable(&e))?;
             let started = Instant::now();
-            let result = client.submit(vec![command.clone()]).await;
+            // Bounded by the request's wait in all: a node that stopped answering (killed,
+            // its connection not yet timed out) costs the rest of it, not the client timeout.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(RESEND_PAUSE_MS));
+            let result =
+                match tokio::time::timeout(left, client.submit(vec![command.clone()])).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ClientError::Timeout(left.as_millis() as u64)),
+                };
             self.timed(started, "submit");
             let retry = match result {
                 Ok(results) => match results.first() {
@@ -128,7 +137,13 @@ impl Core {
             let left = deadline.saturating_duration_since(Instant::now());
             let client = self.link.any(left).await.map_err(|e| unavailable(&e))?;
             let started = Instant::now();
-            let result = client.query(query.clone()).await;
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(RESEND_PAUSE_MS));
+            let result = match tokio::time::timeout(left, client.query(query.clone())).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout(left.as_millis() as u64)),
+            };
             self.timed(started, "query");
             match result {
                 Ok(answer) => return Ok(answer),

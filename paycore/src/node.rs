@@ -121,6 +121,10 @@ pub struct NodeArgs {
     #[arg(long, env = "PAYCORE_QUIC_KEEP_ALIVE_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(100..=1_200_000))]
     pub quic_keep_alive_ms: u64,
+    /// Events kept in memory per shard for subscribers; further behind, they are read from
+    /// the shard's event archive on disk (`<shard>/events/`).
+    #[arg(long, env = "PAYCORE_EVENTS_KEPT_MAX", default_value_t = 1 << 20)]
+    pub events_kept_max: u64,
     /// Cut a corrupt journal at the damage instead of refusing to start (back up first).
     #[arg(long)]
     pub truncate_corruption: bool,
@@ -298,6 +302,7 @@ fn sequencer_config(args: &NodeArgs) -> SequencerConfig {
     config.engine.wallets_reserve = args.reserve_wallets;
     config.ring_requests_max = args.ring_requests_max.max(1);
     config.batch_commands_max = args.batch_commands_max.max(1);
+    config.events_kept_max = args.events_kept_max.max(1);
     config.journal.durability = if args.durability == "none" {
         Durability::None
     } else {
@@ -982,6 +987,9 @@ async fn subscribe(
             None => sequencer.events(shard).first_kept(),
         })
         .collect();
+    // Per shard, the archive reader of a subscriber behind the memory window.
+    let mut archived: Vec<Option<paycore_sequencer::event_archive::ArchiveReader>> =
+        (0..shards).map(|_| None).collect();
     // Resolves when the subscriber stops reading or its connection is lost.
     let mut gone = std::pin::pin!(send.stopped());
     loop {
@@ -992,17 +1000,27 @@ async fn subscribe(
                 .events(shard)
                 .read(position, SUBSCRIPTION_BATCHES_PER_TURN)
             {
-                paycore_sequencer::Read::Batches(batches) => batches,
+                paycore_sequencer::Read::Batches(batches) => {
+                    archived[usize::from(shard)] = None;
+                    batches
+                }
                 paycore_sequencer::Read::Unavailable { oldest_kept } => {
-                    let frame = Frame::error(
-                        ErrorCode::POSITION_UNAVAILABLE,
-                        format!(
-                            "shard {shard}: events before sequence {oldest_kept} are no longer kept; resync from the store"
-                        ),
-                    );
-                    write_frame(&mut send, request_id, &frame, &mut bytes).await;
-                    let _ = send.finish();
-                    return Some(ErrorCode::POSITION_UNAVAILABLE);
+                    let reader = archived[usize::from(shard)].take();
+                    match from_archive(sequencer, shard, position, oldest_kept, reader).await {
+                        Ok((batches, reader)) => {
+                            archived[usize::from(shard)] = Some(reader);
+                            batches
+                        }
+                        Err(first_available) => {
+                            let frame = Frame::error(
+                                ErrorCode::POSITION_UNAVAILABLE,
+                                position_unavailable(shard, position, first_available),
+                            );
+                            write_frame(&mut send, request_id, &frame, &mut bytes).await;
+                            let _ = send.finish();
+                            return Some(ErrorCode::POSITION_UNAVAILABLE);
+                        }
+                    }
                 }
             };
             for batch in batches {
@@ -1063,6 +1081,54 @@ async fn subscribe(
                 _ = &mut gone => return None,
             }
         }
+    }
+}
+
+/// The message of a `position_unavailable` refusal; it ends with `first_available=<n>`, the
+/// first sequence the node can still give (read by [`paycore_client::first_available`]).
+fn position_unavailable(shard: u16, position: u64, first_available: u64) -> String {
+    format!(
+        "shard {shard}: events from sequence {position} are older than the journal's retention; first_available={first_available}"
+    )
+}
+
+/// Batches of `shard` from `position` read from the event archive (off the async threads),
+/// for a subscriber behind the memory window; or the first sequence still available.
+async fn from_archive(
+    sequencer: &Arc<Sequencer>,
+    shard: u16,
+    position: u64,
+    oldest_kept: u64,
+    reader: Option<paycore_sequencer::event_archive::ArchiveReader>,
+) -> Result<
+    (
+        Vec<Arc<paycore_sequencer::EventBatch>>,
+        paycore_sequencer::event_archive::ArchiveReader,
+    ),
+    u64,
+> {
+    use paycore_sequencer::event_archive::ArchiveRead;
+    let mut reader = match reader {
+        Some(reader) if reader.position() == position => reader,
+        _ => sequencer
+            .events(shard)
+            .archive_reader(position)
+            .map_err(|first| if first == 0 { oldest_kept } else { first })?,
+    };
+    let (reader, read) = tokio::task::spawn_blocking(move || {
+        let read = reader.read(SUBSCRIPTION_BATCHES_PER_TURN);
+        (reader, read)
+    })
+    .await
+    .map_err(|_| oldest_kept)?;
+    match read {
+        ArchiveRead::Batches(batches) if !batches.is_empty() => {
+            Ok((batches.into_iter().map(Arc::new).collect(), reader))
+        }
+        // The archive ends before the memory window begins (it stopped after a write
+        // failure): what lies between is gone.
+        ArchiveRead::Batches(_) => Err(oldest_kept),
+        ArchiveRead::Unavailable { first_available } => Err(first_available.min(oldest_kept)),
     }
 }
 

@@ -1,17 +1,22 @@
-//! The event log: the committed events of each shard, kept in memory for subscribers.
+//! The event log: the committed events of each shard, kept in memory for subscribers, and
+//! appended to the shard's [event archive](crate::event_archive) on disk.
 //!
 //! The writer appends one [`EventBatch`] per group commit (one allocation per batch, not per
-//! command), after the batch is durable and applied. Subscribers read batches from any
-//! sequence still held; the log keeps the most recent `events_kept_max` events per shard and
-//! drops the oldest batches beyond that. A subscriber that falls further behind than that must
-//! resynchronise from the store (issue 6) — it is told so (`position_unavailable`), never given
-//! a silent gap.
+//! command), after the batch is durable and applied and before its replies leave. Subscribers
+//! read batches from any sequence still held; the log keeps the most recent `events_kept_max`
+//! events per shard in memory and drops the oldest batches beyond that. A subscriber further
+//! behind reads the archive ([`EventLog::archive_reader`]); only a position older than the
+//! archive's retention (the journal's) is refused (`position_unavailable`, naming the first
+//! sequence still available), never given a silent gap.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use paycore_engine::Event;
+
+use crate::event_archive::{ArchiveReader, ArchiveWriter};
 
 /// The events of one group commit: `(sequence, event)` in commit order, and the batch's range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +48,41 @@ pub struct EventLog {
     /// Last sequence appended.
     last_sequence: AtomicU64,
     events_kept_max: u64,
+    /// The archive on disk, if any: its folder and writer (`None` after a write failed).
+    archive: Option<(PathBuf, Mutex<Option<ArchiveWriter>>)>,
 }
 
 impl EventLog {
+    /// A log that also appends every batch to the archive in `dir` (see the module docs).
+    /// An archive that cannot be opened is logged and left out: events are then served from
+    /// memory only.
+    pub fn with_archive(
+        next_sequence: u64,
+        events_kept_max: u64,
+        dir: &Path,
+        journal_dir: Option<&Path>,
+    ) -> EventLog {
+        let mut log = EventLog::new(next_sequence, events_kept_max);
+        match ArchiveWriter::open(dir, journal_dir, next_sequence) {
+            Ok(writer) => log.archive = Some((dir.to_path_buf(), Mutex::new(Some(writer)))),
+            Err(error) => tracing::error!(
+                dir = %dir.display(),
+                %error,
+                "event archive unavailable: subscribers further behind than the memory window will be refused"
+            ),
+        }
+        log
+    }
+
+    /// A reader of the archive from `position`, or the first sequence the archive can give
+    /// (0 when there is no archive).
+    pub fn archive_reader(&self, position: u64) -> Result<ArchiveReader, u64> {
+        match &self.archive {
+            Some((dir, _)) => ArchiveReader::open(dir, position),
+            None => Err(0),
+        }
+    }
+
     /// A log whose first answerable sequence is `next_sequence` (what the shard applies next).
     pub fn new(next_sequence: u64, events_kept_max: u64) -> EventLog {
         EventLog {
@@ -54,6 +91,7 @@ impl EventLog {
             first_kept: AtomicU64::new(next_sequence),
             last_sequence: AtomicU64::new(next_sequence.saturating_sub(1)),
             events_kept_max: events_kept_max.max(1),
+            archive: None,
         }
     }
 
@@ -67,6 +105,17 @@ impl EventLog {
     }
 
     pub(crate) fn append(&self, batch: EventBatch) {
+        if let Some((dir, writer)) = &self.archive {
+            let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(archive) = writer.as_mut()
+                && let Err(error) = archive.append(&batch)
+            {
+                // The shard goes on (the journal is the truth); the archive stops here, and a
+                // reader past this point is told of the hole.
+                tracing::error!(dir = %dir.display(), %error, "event archive write failed; archive stopped");
+                *writer = None;
+            }
+        }
         let last = batch.last_sequence;
         let count = batch.events.len() as u64;
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());

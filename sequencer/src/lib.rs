@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod disk;
+pub mod event_archive;
 mod events;
 mod replication;
 mod reply;
@@ -305,9 +306,11 @@ impl Sequencer {
                 shard_stats.replica_sequence = snapshotter.applied.clone();
             }
             let shard_stats = Arc::new(shard_stats);
-            let shard_events = Arc::new(EventLog::new(
+            let shard_events = Arc::new(EventLog::with_archive(
                 durable.engine.last_sequence() + 1,
                 config.events_kept_max,
+                &durable.paths.journal.with_file_name("events"),
+                Some(&durable.paths.journal),
             ));
             shard_stats.last_sequence.store(
                 durable.engine.last_sequence(),

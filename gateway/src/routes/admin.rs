@@ -24,6 +24,7 @@ fn publish_kyc(state: &Shared, user_id: &str, data: serde_json::Value) {
         kind: "kyc.status",
         wallet: None,
         data,
+        position: None,
     });
 }
 

@@ -9,6 +9,12 @@
 //! answers `{"type": "subscribed", …}` or `{"type": "error", "code": …}` and sends events as
 //! `{"type": "<event>", "data": {…}}`. `notification` and `kyc.status` need no subscription.
 //! SSE: every event of the user, `event: <type>` and `data: <json>`.
+//!
+//! Every event from the core carries a stable `event_id` (WebSocket: beside `type`; SSE: in
+//! `data`) and a resume cursor (WebSocket: `cursor`; SSE: the `id:` line). A client that
+//! reconnects with `?from=<cursor>` (WebSocket) or `Last-Event-ID: <cursor>` (SSE, as browsers
+//! do by themselves) first gets what it missed, then the live events: at least once, in order
+//! per wallet; dedupe by `event_id` (see `crate::events`).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -24,11 +30,10 @@ use axum::response::{IntoResponse, Response};
 use paycore_engine::WalletId;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::events::Notification;
+use crate::events::{Cursor, Fed, Notification, feed};
 use crate::extract::{AuthUser, authenticate};
 use crate::metrics::Metrics;
 use crate::routes::wallets::{owned_wallet, parse_wallet_id};
@@ -93,6 +98,45 @@ async fn caller(
     authenticate(state, &token).await
 }
 
+/// The resume cursor: the `from` query parameter, else the `Last-Event-ID` header.
+fn resume_from(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    let from_query = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("from="))
+            .map(str::to_owned)
+    });
+    let from_header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match from_query.or(from_header).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => Cursor::parse(&text).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "cursor_invalid",
+                "from / Last-Event-ID must be a cursor this gateway sent",
+            )
+        }),
+    }
+}
+
+/// The text of an event for a WebSocket.
+fn websocket_text(n: &Notification, cursor: &str) -> String {
+    match n.position {
+        Some(position) => {
+            json!({"type": n.kind, "event_id": position.id(), "cursor": cursor, "data": n.data})
+        }
+        None => json!({"type": n.kind, "data": n.data}),
+    }
+    .to_string()
+}
+
+/// The notification that events before `first_available` on `shard` are gone.
+fn unavailable_data(shard: u16, first_available: u64) -> serde_json::Value {
+    json!({"type": "events.unavailable", "shard": shard, "first_available": first_available,
+        "detail": "events this stream missed are older than the core's retention"})
+}
+
 /// Counts an open stream while alive.
 struct Open {
     metrics: Arc<Metrics>,
@@ -130,12 +174,14 @@ pub async fn websocket(
 ) -> Result<Response, ApiError> {
     // Who first: an anonymous caller learns nothing, not even what the route expects.
     let user = caller(&state, &headers, query.as_deref()).await?;
+    let from = resume_from(&headers, query.as_deref())?;
+    let initial = initial_subscriptions(query.as_deref());
     let upgrade =
         upgrade.map_err(|e| ApiError::bad_request("websocket_upgrade_required", e.body_text()))?;
     Ok(upgrade
         .max_message_size(PROTOCOL_MESSAGE_BYTES_MAX)
         .max_frame_size(PROTOCOL_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| session(state, user, socket))
+        .on_upgrade(move |socket| session(state, user, from, initial, socket))
         .into_response())
 }
 
@@ -155,12 +201,42 @@ fn error_message(code: &str, detail: &str) -> Message {
     )
 }
 
-async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
+/// Subscriptions asked in the URL (`subscribe=transactions`, `wallet_id=<id>`, repeatable), as
+/// the client messages they stand for: a resumed stream (`from`) has them before its first
+/// replayed event, where a message would race the replay.
+fn initial_subscriptions(query: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        if pair == "subscribe=transactions" {
+            out.push(json!({"type": "subscribe.transactions"}).to_string());
+        } else if let Some(id) = pair.strip_prefix("wallet_id=") {
+            out.push(json!({"type": "subscribe.wallet", "wallet_id": id}).to_string());
+        }
+    }
+    out.truncate(SUBSCRIBED_WALLETS_MAX + 1);
+    out
+}
+
+async fn session(
+    state: Shared,
+    user: AuthUser,
+    from: Option<Cursor>,
+    initial: Vec<String>,
+    mut socket: WebSocket,
+) {
     let _open = Open::new(state.metrics.clone(), true);
     let me = user.engine_user();
-    let mut events = state.events.subscribe();
     let mut wallets: HashSet<WalletId> = HashSet::new();
     let mut transactions = false;
+    for message in initial {
+        if let Some(reply) =
+            client_message(&state, &user, &message, &mut wallets, &mut transactions).await
+            && socket.send(reply).await.is_err()
+        {
+            return;
+        }
+    }
+    let mut events = feed(state.clone(), me, from);
     let expiry = token_expiry(&user);
     let mut check = tokio::time::interval(Duration::from_secs(SESSION_CHECK_SECS));
     check.tick().await;
@@ -221,7 +297,7 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
             }
             event = events.recv() => {
                 let message = match event {
-                    Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
+                    Some(Fed::Event(n, _)) if n.kind == SESSION_REVOKED => {
                         if revokes(&n, &user) {
                             let _ = socket
                                 .send(Message::Close(Some(axum::extract::ws::CloseFrame {
@@ -233,13 +309,13 @@ async fn session(state: Shared, user: AuthUser, mut socket: WebSocket) {
                         }
                         continue;
                     }
-                    Ok(n) if n.user == me && wanted(&n, &wallets, transactions) => {
-                        json!({"type": n.kind, "data": n.data}).to_string()
+                    Some(Fed::Event(n, cursor)) if wanted(&n, &wallets, transactions) => {
+                        websocket_text(&n, &cursor)
                     }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => json!({"type": "notification",
-                        "data": {"type": "events.lagged", "missed": missed}}).to_string(),
-                    Err(RecvError::Closed) => break,
+                    Some(Fed::Event(..)) => continue,
+                    Some(Fed::Unavailable { shard, first_available }) => json!({"type": "notification",
+                        "data": unavailable_data(shard, first_available)}).to_string(),
+                    None => break,
                 };
                 if socket.send(Message::Text(message.into())).await.is_err() {
                     break;
@@ -339,9 +415,10 @@ pub async fn sse(
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = caller(&state, &headers, query.as_deref()).await?;
+    let from = resume_from(&headers, query.as_deref())?;
     let me = user.engine_user();
     let open = Open::new(state.metrics.clone(), false);
-    let receiver = state.events.subscribe();
+    let receiver = feed(state.clone(), me, from);
     let expiry = token_expiry(&user);
     let mut check = tokio::time::interval(Duration::from_secs(SESSION_CHECK_SECS));
     check.tick().await;
@@ -364,20 +441,30 @@ pub async fn sse(
                         received = receiver.recv() => received,
                     };
                     let event = match received {
-                        Ok(n) if n.user == me && n.kind == SESSION_REVOKED => {
+                        Some(Fed::Event(n, _)) if n.kind == SESSION_REVOKED => {
                             if revokes(&n, &user) {
                                 return None;
                             }
                             continue;
                         }
-                        Ok(n) if n.user == me => {
-                            SseEvent::default().event(n.kind).data(n.data.to_string())
-                        }
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(missed)) => SseEvent::default()
+                        Some(Fed::Event(n, cursor)) => match n.position {
+                            Some(position) => {
+                                let mut data = n.data.clone();
+                                data["event_id"] = json!(position.id());
+                                SseEvent::default()
+                                    .event(n.kind)
+                                    .id(cursor)
+                                    .data(data.to_string())
+                            }
+                            None => SseEvent::default().event(n.kind).data(n.data.to_string()),
+                        },
+                        Some(Fed::Unavailable {
+                            shard,
+                            first_available,
+                        }) => SseEvent::default()
                             .event("notification")
-                            .data(json!({"type": "events.lagged", "missed": missed}).to_string()),
-                        Err(RecvError::Closed) => return None,
+                            .data(unavailable_data(shard, first_available).to_string()),
+                        None => return None,
                     };
                     return Some((Ok::<_, Infallible>(event), (receiver, open, user, check)));
                 }

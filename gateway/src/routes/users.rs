@@ -490,6 +490,7 @@ pub async fn logout(
         kind: crate::routes::stream::SESSION_REVOKED,
         wallet: None,
         data: json!({ "jti": user.claims.jti, "generation": generation }),
+        position: None,
     });
     Ok(StatusCode::NO_CONTENT)
 }
