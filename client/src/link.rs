@@ -29,6 +29,9 @@ pub const RECONNECT_BACKOFF_MS_MAX: u64 = 2_000;
 /// Shortest time between two checks of which node is the primary asked by requests, in
 /// milliseconds (a burst of `not_primary` answers makes one check, not one each).
 const RECHECK_INTERVAL_MS_MIN: u64 = 100;
+/// How long the other nodes may still answer once one said it is the primary, in
+/// milliseconds.
+const PRIMARY_GRACE_MS: u64 = 100;
 
 /// Where the link stands.
 #[derive(Debug, Clone)]
@@ -146,6 +149,18 @@ impl Link {
         })
     }
 
+    /// Resolves once the link no longer uses `client` (lost, or the primary moved): a request
+    /// still waiting on it may be sent again on the new one (with the same keys).
+    pub async fn moved_from(&self, client: &Arc<Client>) {
+        let mut receiver = self.shared.state.subscribe();
+        let _ = receiver
+            .wait_for(|state| match state {
+                LinkState::Up { client: now, .. } => !Arc::ptr_eq(now, client),
+                LinkState::Down { .. } => true,
+            })
+            .await;
+    }
+
     /// Asks the link to check which node is the primary (after `not_primary`, writes
     /// answered `shard_unavailable`, or a lost connection). Returns at once.
     pub fn recheck(&self) {
@@ -226,15 +241,44 @@ impl Shared {
         }
         let mut answers = Vec::new();
         let mut failures = Vec::new();
+        let mut pending: tokio::task::JoinSet<(SocketAddr, Result<(Probe, bool), ClientError>)> =
+            tokio::task::JoinSet::new();
         for (server, task) in tasks {
-            match task.await {
-                Ok(Ok((probe, fresh))) => {
+            pending.spawn(async move {
+                match task.await {
+                    Ok(answer) => (server, answer),
+                    Err(join) => (server, Err(ClientError::Connection(join.to_string()))),
+                }
+            });
+        }
+        // Once a primary answered, the others have a short grace to answer too (a newer
+        // epoch); a dead node does not hold the choice up for its whole connect timeout.
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                Some(until) => match tokio::time::timeout_at(until, pending.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.join_next().await,
+            };
+            let Some(joined) = next else { break };
+            let Ok((server, answer)) = joined else {
+                continue;
+            };
+            match answer {
+                Ok((probe, fresh)) => {
                     if logged.remove(&server).is_some() {
                         tracing::info!(node = %server, "core node answers again");
                     }
+                    if probe.primary && grace.is_none() {
+                        grace = Some(
+                            tokio::time::Instant::now() + Duration::from_millis(PRIMARY_GRACE_MS),
+                        );
+                    }
                     answers.push((probe, fresh));
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     let reason = error.to_string();
                     if let std::collections::hash_map::Entry::Vacant(entry) = logged.entry(server) {
                         tracing::warn!(node = %server, %reason, "core node does not answer");
@@ -244,9 +288,10 @@ impl Shared {
                     }
                     failures.push(format!("{server}: {reason}"));
                 }
-                Err(join) => failures.push(format!("{server}: {join}")),
             }
         }
+        // Probes still running when the grace ended finish on their own; their clients drop.
+        pending.detach_all();
         let best = answers
             .iter()
             .enumerate()

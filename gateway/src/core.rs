@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 /// Pause before a command or query is sent again after a lost connection or a refusal by a
 /// node that is not the primary, in milliseconds (the link looks for the primary meanwhile).
 const RESEND_PAUSE_MS: u64 = 25;
+/// An attempt still unanswered after this long makes the link check which node is the
+/// primary, in milliseconds.
+const SLOW_ATTEMPT_MS: u64 = 500;
 
 #[derive(Debug)]
 pub struct Core {
@@ -81,6 +84,37 @@ impl Core {
         );
     }
 
+    /// One attempt on `client`, within `left`. An attempt slower than [`SLOW_ATTEMPT_MS`]
+    /// makes the link look for the primary (a node killed keeps its connection until the
+    /// idle timeout); if the link moves to another node meanwhile, the attempt is abandoned
+    /// (the caller sends it again there, with the same key).
+    async fn attempt<T>(
+        &self,
+        client: &Arc<Client>,
+        left: Duration,
+        request: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let request = tokio::time::timeout(left, request);
+        tokio::pin!(request);
+        let slow = tokio::time::sleep(Duration::from_millis(SLOW_ATTEMPT_MS));
+        tokio::pin!(slow);
+        let mut rechecked = false;
+        loop {
+            tokio::select! {
+                result = &mut request => {
+                    return result.unwrap_or(Err(ClientError::Timeout(left.as_millis() as u64)));
+                }
+                () = &mut slow, if !rechecked => {
+                    rechecked = true;
+                    self.link.recheck();
+                }
+                () = self.link.moved_from(client), if rechecked => {
+                    return Err(ClientError::Connection("the core link moved to another node".into()));
+                }
+            }
+        }
+    }
+
     /// Submits one client command under `key`; its outcome. Resent with the same key after a
     /// lost connection or a failover, within the request wait (see the module docs).
     pub async fn submit(&self, key: &str, op: Op) -> Result<Outcome, ApiError> {
@@ -97,11 +131,9 @@ impl Core {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(RESEND_PAUSE_MS));
-            let result =
-                match tokio::time::timeout(left, client.submit(vec![command.clone()])).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ClientError::Timeout(left.as_millis() as u64)),
-                };
+            let result = self
+                .attempt(&client, left, client.submit(vec![command.clone()]))
+                .await;
             self.timed(started, "submit");
             let retry = match result {
                 Ok(results) => match results.first() {
@@ -140,10 +172,9 @@ impl Core {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(RESEND_PAUSE_MS));
-            let result = match tokio::time::timeout(left, client.query(query.clone())).await {
-                Ok(result) => result,
-                Err(_) => Err(ClientError::Timeout(left.as_millis() as u64)),
-            };
+            let result = self
+                .attempt(&client, left, client.query(query.clone()))
+                .await;
             self.timed(started, "query");
             match result {
                 Ok(answer) => return Ok(answer),
