@@ -63,6 +63,24 @@ fn fill(path: &Path) {
     while file.write_all(&small).is_ok() {}
 }
 
+/// Grows `blocker` until the volume has about `free` bytes left.
+fn shrink_free_space_to(blocker: &Path, volume: &Path, free: u64) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(blocker)
+        .expect("blocker");
+    let chunk = vec![0x5Au8; 64 * 1024];
+    while paycore_journal::disk_space(volume)
+        .expect("statvfs")
+        .free_bytes
+        > free
+    {
+        file.write_all(&chunk).expect("room above the target");
+    }
+}
+
 fn usd() -> CurrencyCode {
     CurrencyCode::parse("USD").expect("code")
 }
@@ -171,11 +189,11 @@ fn cross_shard_legs_wait_out_a_full_disk_and_every_acknowledged_transfer_settles
     assert!(!left.is_empty() && !right.is_empty());
     let mut model: HashMap<WalletId, i128> = wallets.iter().map(|w| (*w, funds as i128)).collect();
 
-    std::thread::sleep(Duration::from_millis(100));
-    let free = sequencer.stats(0).disk.free_bytes.load(Ordering::Acquire);
-    assert!(free > (4 << 20), "free {free}");
+    // Leave about 4 MiB free (the spare segments may still be being prepared: measure as the
+    // blocker grows).
     let blocker = volume.dir.join("blocker");
-    std::fs::write(&blocker, vec![0x5Au8; (free - (3 << 20)) as usize]).expect("blocker");
+    std::thread::sleep(Duration::from_millis(200));
+    shrink_free_space_to(&blocker, &volume.dir, 4 << 20);
 
     let mut next = 0u64;
     let mut round = |sequencer: &Sequencer, model: &mut HashMap<WalletId, i128>| {
