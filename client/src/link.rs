@@ -193,6 +193,9 @@ struct Probe {
     epoch: u64,
 }
 
+/// A node's probe: what it said and whether its client was made for the probe, or why not.
+type ProbeAnswer = Result<(Probe, bool), ClientError>;
+
 async fn probe_one(
     config: ClientConfig,
     reuse: Option<Arc<Client>>,
@@ -241,7 +244,7 @@ impl Shared {
         }
         let mut answers = Vec::new();
         let mut failures = Vec::new();
-        let mut pending: tokio::task::JoinSet<(SocketAddr, Result<(Probe, bool), ClientError>)> =
+        let mut pending: tokio::task::JoinSet<(SocketAddr, ProbeAnswer)> =
             tokio::task::JoinSet::new();
         for (server, task) in tasks {
             pending.spawn(async move {
