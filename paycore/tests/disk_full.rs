@@ -62,7 +62,9 @@ impl SmallVolume {
 
 impl Drop for SmallVolume {
     fn drop(&mut self) {
-        let _ = Process::new("umount").arg(&self.dir).output();
+        // Lazy: a failed test may still hold files open (threads of a node); the mount must
+        // not outlive the test.
+        let _ = Process::new("umount").arg("-l").arg(&self.dir).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
