@@ -1,0 +1,382 @@
+//! The publisher against a real NATS JetStream (a `nats-server -js` of the test's own, on a
+//! free loopback port, in a temporary folder): exactly once, gapless and in order per shard
+//! across publisher stops mid-flight and a SIGKILLed and restarted NATS; bad input refused
+//! with clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use paycore_engine::{Effects, Engine, EngineConfig};
+use paycore_publish::event_json::{self, EventMeta, EventPosition};
+use paycore_publish::sink::JetStreamConfig;
+use paycore_publish::threads::start_publishers;
+use paycore_store::workload::{Journals, Workload, WorkloadConfig};
+
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+impl Nats {
+    fn start(label: &str) -> Option<Nats> {
+        if !Path::new(NATS_SERVER).exists() {
+            assert!(std::env::var_os("CI").is_none(), "{NATS_SERVER} missing");
+            eprintln!("SKIP: {NATS_SERVER} missing");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("paycore-nats-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        nats.spawn();
+        Some(nats)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn workload_config(shards: u16, users: u64) -> WorkloadConfig {
+    WorkloadConfig {
+        shards,
+        seed: 3,
+        users,
+        start_ns: 1_767_225_600_000_000_000,
+        step_ns: 10_000,
+        transfers_only: false,
+        legs_in_flight_max: Some(64),
+    }
+}
+
+/// Writes the journals of a mixed workload into `data_dir`; returns every shard's events
+/// as the publisher must send them (id, JSON), from engines of the test's own.
+fn write_journal(
+    data_dir: &Path,
+    config: WorkloadConfig,
+    commands: usize,
+) -> Vec<Vec<(String, String)>> {
+    let mut workload = Workload::new(config);
+    let mut journals = Journals::open(data_dir, config.shards, 4096).expect("journals");
+    let mut records = Vec::new();
+    workload.generate(0, &mut records);
+    workload.generate(commands, &mut records);
+    workload.drain_legs(&mut records);
+    journals.append(&records).expect("append");
+    journals.commit().expect("commit");
+    let mut engines: Vec<Engine> = (0..config.shards)
+        .map(|s| Engine::new(Workload::engine_config(&config, s)))
+        .collect();
+    let mut expected = vec![Vec::new(); usize::from(config.shards)];
+    let mut effects = Effects::default();
+    let mut sorted: Vec<_> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.shard, r.sequence));
+    for record in sorted {
+        let engine = &mut engines[usize::from(record.shard)];
+        effects.clear();
+        engine.apply(
+            record.sequence,
+            record.timestamp_ns,
+            &record.command,
+            &mut effects,
+        );
+        for (index, event) in effects.events.iter().enumerate() {
+            let position = EventPosition {
+                shard: record.shard,
+                sequence: record.sequence,
+                index: index as u32,
+            };
+            let meta = EventMeta {
+                position,
+                epoch: 1,
+                timestamp_ns: record.timestamp_ns,
+            };
+            let mut json = String::new();
+            event_json::encode(event, &meta, &*engine, &mut json);
+            expected[usize::from(record.shard)].push((position.id(), json));
+        }
+    }
+    expected
+}
+
+/// Every message of the shard's stream, in stream order: (Nats-Msg-Id, payload).
+async fn read_stream(
+    url: &str,
+    jetstream: &JetStreamConfig,
+    shard: u16,
+    count: usize,
+) -> Vec<(String, String)> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let stream = context
+        .get_stream(jetstream.stream_name(shard))
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while out.len() < count && Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(3), messages.next()).await;
+        let Ok(Some(Ok(message))) = next else { break };
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push((id, String::from_utf8_lossy(&message.payload).into_owned()));
+    }
+    // Nothing more than expected either.
+    let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+    assert!(
+        !matches!(extra, Ok(Some(Ok(_)))),
+        "shard {shard}: more messages than events"
+    );
+    out
+}
+
+fn test_config(url: &str, label: &str) -> JetStreamConfig {
+    let mut config = JetStreamConfig::new(url);
+    config.stream_prefix = format!("TEST_{label}_{}", std::process::id());
+    config.subject_prefix = format!("test{}.{label}", std::process::id());
+    config.ack_timeout = Duration::from_secs(2);
+    config
+}
+
+fn data_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("paycore-publish-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn engine_config(config: &WorkloadConfig) -> EngineConfig {
+    Workload::engine_config(config, 0)
+}
+
+fn check_stream(expected: &[Vec<(String, String)>], url: &str, jetstream: &JetStreamConfig) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (shard, events) in expected.iter().enumerate() {
+        let got = runtime.block_on(read_stream(url, jetstream, shard as u16, events.len()));
+        assert_eq!(got.len(), events.len(), "shard {shard}: event count");
+        for (i, (want, found)) in events.iter().zip(&got).enumerate() {
+            assert_eq!(
+                want,
+                found,
+                "shard {shard}: message {i} (stream sequence {})",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn exactly_once_in_order_across_publisher_stops_and_a_nats_kill() {
+    let Some(mut nats) = Nats::start("crash") else {
+        return;
+    };
+    let dir = data_dir("crash");
+    let config = workload_config(2, 500);
+    let expected = write_journal(&dir, config, 20_000);
+    let total: usize = expected.iter().map(Vec::len).sum();
+    let jetstream = test_config(&nats.url(), "crash");
+    let watermarks = || vec![None::<Arc<AtomicU64>>; usize::from(config.shards)];
+    // Publishers stopped mid-flight three times (in-flight messages abandoned), and NATS
+    // SIGKILLed and restarted under a running publisher.
+    for round in 0..4 {
+        let handles = start_publishers(
+            &dir,
+            &engine_config(&config),
+            watermarks(),
+            &jetstream,
+            4096,
+            false,
+        )
+        .expect("start");
+        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        if round == 2 {
+            nats.kill();
+            std::thread::sleep(Duration::from_millis(300));
+            nats.spawn();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        handles.stop();
+    }
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&config),
+        watermarks(),
+        &jetstream,
+        4096,
+        true,
+    )
+    .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !handles.all_finished() {
+        assert!(Instant::now() < deadline, "publishers did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handles.join().expect("publishers");
+    eprintln!("{total} events published; checking the streams");
+    check_stream(&expected, &nats.url(), &jetstream);
+    // A second run finds everything in the streams and sends nothing again.
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&config),
+        watermarks(),
+        &jetstream,
+        4096,
+        true,
+    )
+    .expect("start");
+    handles.join().expect("publishers");
+    check_stream(&expected, &nats.url(), &jetstream);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_is_refused_with_clear_errors() {
+    // A malformed URL: refused before anything starts.
+    let config = JetStreamConfig::new("nats://127.0.0.1:notaport");
+    let error = start_publishers(
+        Path::new("/nonexistent"),
+        &EngineConfig::default(),
+        vec![None],
+        &config,
+        16,
+        true,
+    )
+    .expect_err("malformed url");
+    assert!(error.contains("--nats-url"), "{error}");
+    let Some(nats) = Nats::start("bad") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = data_dir("bad");
+    let workload = workload_config(1, 20);
+    let _ = write_journal(&dir, workload, 100);
+    // A stream that exists with other settings: named, never changed.
+    let jetstream = test_config(&nats.url(), "other");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: jetstream.stream_name(0),
+                subjects: vec![format!("{}.>", jetstream.subject_prefix)],
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+    });
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&workload),
+        vec![None],
+        &jetstream,
+        16,
+        true,
+    )
+    .expect("start");
+    let error = handles.join().expect_err("other settings");
+    assert!(error.contains("exists with other settings"), "{error}");
+    // A foreign message at the end of our stream: the publisher will not guess.
+    let jetstream = test_config(&nats.url(), "foreign");
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&workload),
+        vec![None],
+        &jetstream,
+        16,
+        true,
+    )
+    .expect("start");
+    handles.join().expect("first run");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        context
+            .publish(
+                jetstream.subject(event_json::Topic::User, 0),
+                "hello".into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    });
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&workload),
+        vec![None],
+        &jetstream,
+        16,
+        true,
+    )
+    .expect("start");
+    let error = handles.join().expect_err("foreign message");
+    assert!(error.contains("is not a paycore event"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
