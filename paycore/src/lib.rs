@@ -10,5 +10,6 @@ pub mod frames;
 pub mod metrics;
 pub mod node;
 pub mod node_state;
+pub mod publish;
 pub mod replication;
 pub mod torture;

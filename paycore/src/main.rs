@@ -9,6 +9,7 @@ mod config_file;
 mod flush_command;
 mod gateway_command;
 mod operator_command;
+mod publish_command;
 mod reconcile_command;
 mod snapshot_command;
 
@@ -64,6 +65,9 @@ enum Action {
     /// DATABASE_URL, else <data_dir>/store.sqlite) as its own process: resumes from the store's
     /// checkpoints; --once exits when done, else it follows the journals until stopped.
     Flush(flush_command::FlushArgs),
+    /// Publish every shard's committed events to NATS JetStream as its own process (needs
+    /// --nats-url): resumes from each shard's stream; --once exits when done.
+    Publish(publish_command::PublishArgs),
     /// Check the store against the engine (read-only): balances sum to zero per currency, each
     /// balance equals its postings, balances equal the engine's at the flushed sequence,
     /// idempotency records and holds agree. Exit 0 only when everything matches; writes a
@@ -100,6 +104,7 @@ fn main() -> std::process::ExitCode {
         Action::Status(args) => report(operator_command::status(args)),
         Action::Promote(args) => report(operator_command::promote(args)),
         Action::Flush(args) => report(flush_command::run(args)),
+        Action::Publish(args) => report(publish_command::run(args)),
         Action::Reconcile(args) => reconcile_command::run(args),
         Action::FlushBenchJournal(args) => report(flush_command::bench_journal(args)),
         Action::Torture(args) => report(torture::run(args)),

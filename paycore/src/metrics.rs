@@ -254,6 +254,42 @@ pub fn render(sequencer: &Sequencer, role: &NodeRole, extra: Option<&ShardGauges
             per_shard(&|s| lag(s).2),
         );
     }
+    // Events out (issue 19): the publishers running in this process (`--nats-url`).
+    let published = crate::publish::lag_in_nodes(|s| {
+        sequencer.stats(s).durable_sequence.load(Ordering::Relaxed)
+    });
+    if !published.is_empty() {
+        let rows = |pick: &dyn Fn(&crate::publish::PublishLag) -> u64| -> Rows {
+            published
+                .iter()
+                .map(|p| (format!("{{shard=\"{}\"}}", p.0), pick(p)))
+                .collect()
+        };
+        gauge(
+            "paycore_shard_publish_lag_records",
+            "Records durable in the journal whose events are not yet acknowledged by NATS.",
+            "gauge",
+            rows(&|p| p.2),
+        );
+        gauge(
+            "paycore_shard_publish_lag_ms",
+            "Age of the oldest event sent to NATS and not yet acknowledged (command time), ms.",
+            "gauge",
+            rows(&|p| p.3),
+        );
+        gauge(
+            "paycore_shard_published_sequence",
+            "Every record through this sequence has its events in NATS (a retention floor).",
+            "gauge",
+            rows(&|p| p.1),
+        );
+        gauge(
+            "paycore_shard_events_published_total",
+            "Events acknowledged by NATS since the publisher started.",
+            "counter",
+            rows(&|p| p.4),
+        );
+    }
     if let Some(extra) = extra {
         let mut named: std::collections::BTreeMap<&str, (&str, Rows)> =
             std::collections::BTreeMap::new();

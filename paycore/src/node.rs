@@ -171,6 +171,9 @@ pub struct NodeArgs {
     pub replication: ReplicationArgs,
     #[command(flatten)]
     pub store: crate::flush::StoreArgs,
+    /// Events out to NATS JetStream (issue 19): off unless --nats-url.
+    #[command(flatten)]
+    pub nats: crate::publish::NatsArgs,
 }
 
 impl NodeArgs {
@@ -518,6 +521,18 @@ pub async fn start_node(args: &NodeArgs) -> Result<Node, String> {
             role.start_flushing(&sequencer)?;
         }
     }
+    // Events out (issue 19): by the primary, only what the standby holds too (as the store).
+    if !standby && args.nats.nats_url.is_some() {
+        let watermarks: Vec<_> = (0..shards)
+            .map(|shard| {
+                Some(match args.replication.mode() {
+                    ReplicationMode::Off => sequencer.durable_watermark(shard).clone(),
+                    _ => sequencer.gate(shard).flushable(),
+                })
+            })
+            .collect();
+        crate::publish::start_in_node(&args.nats, &args.data_dir, watermarks, &sequencer)?;
+    }
     let metrics = match args.metrics_listen {
         Some(listen) => Some(
             crate::metrics::serve(listen, Arc::downgrade(&sequencer), role.clone(), None).await?,
@@ -627,6 +642,7 @@ pub fn run_node_then(
         node.endpoint.wait_idle().await;
         stop_sequencer(node.sequencer).await;
         node.role.stop_flushing();
+        crate::publish::stop_in_node(&args.data_dir);
         Ok(())
     })
 }

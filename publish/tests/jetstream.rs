@@ -380,3 +380,72 @@ fn bad_input_is_refused_with_clear_errors() {
     assert!(error.contains("is not a paycore event"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Events/s into JetStream (file storage) from a journal of transfers, beside a naive loop
+/// that awaits each publish's acknowledgement before the next.
+/// `cargo nextest run --release -p paycore-publish --test jetstream measure --run-ignored only --no-capture`
+#[test]
+#[ignore = "measurement"]
+fn measure_publish_rate() {
+    let Some(nats) = Nats::start("measure") else {
+        return;
+    };
+    let dir = data_dir("measure");
+    let mut config = workload_config(1, 10_000);
+    config.transfers_only = true;
+    let expected = write_journal(&dir, config, 200_000);
+    let total: usize = expected.iter().map(Vec::len).sum();
+    let jetstream = test_config(&nats.url(), "measure");
+    let started = Instant::now();
+    let handles = start_publishers(
+        &dir,
+        &engine_config(&config),
+        vec![None],
+        &jetstream,
+        8192,
+        true,
+    )
+    .expect("start");
+    handles.join().expect("publishers");
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "MEASURE pipelined publisher: {total} events in {elapsed:.2} s = {:.0} events/s (journal replay, JSON, chained publish, ack)",
+        total as f64 / elapsed
+    );
+    // The naive loop: the same payloads, one publish per await.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let naive = 20_000.min(total);
+    let elapsed = runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: format!("NAIVE_{}", std::process::id()),
+                subjects: vec![format!("naive{}", std::process::id())],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let started = Instant::now();
+        for (id, json) in expected[0].iter().take(naive) {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(json.clone().into())
+                .message_id(id);
+            context
+                .send_publish(format!("naive{}", std::process::id()), publish)
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+        started.elapsed().as_secs_f64()
+    });
+    eprintln!(
+        "MEASURE naive one-publish-per-await: {naive} events in {elapsed:.2} s = {:.0} events/s",
+        naive as f64 / elapsed
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
