@@ -5,6 +5,7 @@
 //! hidden `torture` child for crash tests. Each subcommand's `--help` explains its flags.
 
 mod admin_command;
+mod audit_command;
 mod config_file;
 mod flush_command;
 mod gateway_command;
@@ -68,6 +69,10 @@ enum Action {
     /// Publish every shard's committed events to NATS JetStream as its own process (needs
     /// --nats-url): resumes from each shard's stream; --once exits when done.
     Publish(publish_command::PublishArgs),
+    /// Append every published event to a hash-chained, append-only PostgreSQL table (a
+    /// durable JetStream consumer; run several to share the work); `audit verify` walks the
+    /// chain and names the first broken link.
+    Audit(audit_command::AuditArgs),
     /// Check the store against the engine (read-only): balances sum to zero per currency, each
     /// balance equals its postings, balances equal the engine's at the flushed sequence,
     /// idempotency records and holds agree. Exit 0 only when everything matches; writes a
@@ -105,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Action::Promote(args) => report(operator_command::promote(args)),
         Action::Flush(args) => report(flush_command::run(args)),
         Action::Publish(args) => report(publish_command::run(args)),
+        Action::Audit(args) => audit_command::run(args),
         Action::Reconcile(args) => reconcile_command::run(args),
         Action::FlushBenchJournal(args) => report(flush_command::bench_journal(args)),
         Action::Torture(args) => report(torture::run(args)),

@@ -8,6 +8,7 @@
 //! sink can come later without touching the publisher.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod event_json;
 pub mod publisher;
 pub mod sink;
