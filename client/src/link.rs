@@ -32,6 +32,9 @@ const RECHECK_INTERVAL_MS_MIN: u64 = 100;
 /// How long the other nodes may still answer once one said it is the primary, in
 /// milliseconds.
 const PRIMARY_GRACE_MS: u64 = 100;
+/// How long the current connection has to answer a probe before a new one is tried, in
+/// milliseconds (a live node answers its status in well under a millisecond on a LAN).
+const REUSED_PROBE_TIMEOUT_MS: u64 = 250;
 
 /// Where the link stands.
 #[derive(Debug, Clone)]
@@ -233,7 +236,24 @@ impl Shared {
     /// Asks every address at once; the primary of the highest epoch, else the first node
     /// that answered, else the failures.
     async fn probe(&self, logged: &mut HashMap<SocketAddr, String>) -> Result<Probe, String> {
-        let current = self.current();
+        let mut current = self.current();
+        // The current connection first, briefly: a node killed and restarted at the same
+        // address leaves it open (until the idle timeout) but silent. Then it counts as lost.
+        if let Some(client) = current.clone() {
+            let answer = tokio::time::timeout(
+                Duration::from_millis(REUSED_PROBE_TIMEOUT_MS),
+                client.role(),
+            )
+            .await;
+            if !matches!(answer, Ok(Ok(_))) {
+                let reason = match answer {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {REUSED_PROBE_TIMEOUT_MS} ms"),
+                };
+                self.down(reason);
+                current = None;
+            }
+        }
         let mut tasks = Vec::new();
         for server in &self.servers {
             let mut config = self.template.clone();

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 const RESEND_PAUSE_MS: u64 = 25;
 /// An attempt still unanswered after this long makes the link check which node is the
 /// primary, in milliseconds.
-const SLOW_ATTEMPT_MS: u64 = 500;
+const SLOW_ATTEMPT_MS: u64 = 300;
 
 #[derive(Debug)]
 pub struct Core {

@@ -242,7 +242,14 @@ async fn follow_once(
     // The notifications of a command sent in several frames, published once it is whole.
     let mut command: Vec<Notification> = Vec::new();
     loop {
-        let frame = subscription.next().await.map_err(|e| e.to_string())?;
+        // A node killed and restarted keeps the old connection open but silent until its idle
+        // timeout: follow the link when it moves.
+        let frame = tokio::select! {
+            frame = subscription.next() => frame.map_err(|e| e.to_string())?,
+            () = state.core.link().moved_from(&client) => {
+                return Err("the core link moved to another connection".into());
+            }
+        };
         match frame {
             None => return Err("the core ended the subscription".into()),
             Some(Frame::Events {
@@ -296,6 +303,7 @@ async fn follow_once(
 /// live fan-out's position when the replay began): what the stream missed.
 #[derive(Debug)]
 pub struct Replay {
+    client: Arc<paycore_client::Client>,
     subscription: paycore_client::Subscription,
     /// Per shard, the next sequence the replay has not read completely.
     reached: BTreeMap<u16, u64>,
@@ -324,6 +332,7 @@ impl Replay {
         let reached = cursor.next.iter().map(|(s, (q, _))| (*s, *q)).collect();
         let subscription = client.subscribe(from).await.map_err(|e| e.to_string())?;
         Ok(Replay {
+            client,
             subscription,
             reached,
             target,
@@ -357,7 +366,12 @@ impl Replay {
             if self.done() {
                 return Ok(Replayed::Done);
             }
-            let frame = self.subscription.next().await.map_err(|e| e.to_string())?;
+            let frame = tokio::select! {
+                frame = self.subscription.next() => frame.map_err(|e| e.to_string())?,
+                () = state.core.link().moved_from(&self.client) => {
+                    return Err("the core link moved to another connection".into());
+                }
+            };
             match frame {
                 None => return Err("the core ended the replay".into()),
                 Some(Frame::Events {

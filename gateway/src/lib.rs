@@ -31,7 +31,12 @@
 //!   currency);
 //! - real time: WebSocket `/api/v1/ws` (`subscribe.wallet`, `subscribe.transactions`) and
 //!   SSE `/api/v1/stream/notifications`, fed by the core's event subscription (see
-//!   [`events`]); a user only receives events about their own wallets;
+//!   [`events`]); a user only receives events about their own wallets; delivery is at least
+//!   once, in order per wallet, with a stable `event_id` and a resume cursor (`?from=` /
+//!   `Last-Event-ID`) that replays what a stream missed;
+//! - the link to the core ([`core`]): `--core A,B` (a primary and its standbys), kept alive,
+//!   reconnected and moved to a new primary in the background; a request waits a bounded time
+//!   (`--core-wait-ms`) and resends with its idempotency key, else 503 with `Retry-After`;
 //! - an OpenAPI 3.1 document at `/api/v1/openapi.json`, generated (utoipa) from the same
 //!   attributes that register the REST routes, so the two cannot drift (the WebSocket and SSE
 //!   routes are described in `docs/design.md` §18, not in it).

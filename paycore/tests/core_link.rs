@@ -915,3 +915,311 @@ async fn a_burst_past_the_event_window_loses_no_event() {
     drop(node);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The figures of BENCHMARKS.md "Core link" (run in release, by hand):
+/// `cargo nextest run --release -p paycore --test core_link --run-ignored only --no-capture`.
+/// Reconnect time after a node restart (the node's start line -> the first 200 through the
+/// gateway), failover time (promote -> first acknowledged HTTP send), and the event feed's
+/// catch-up rate from the journal's event archive (node -> raw subscriber, and node ->
+/// gateway -> a resumed WebSocket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement: run in release by hand"]
+async fn measure_reconnect_failover_and_catch_up() {
+    use paycore_client::{Client, ClientConfig};
+    use paycore_engine::{
+        Applied, Command, CurrencyCode, IdempotencyKey, Op, Outcome, UserId, WalletId,
+    };
+    use paycore_protocol::{CommandResult, Frame};
+
+    const ROUNDS: usize = 5;
+    const SENDERS: u64 = 200;
+    let root = root("measure");
+
+    // 1. Reconnect after a restart.
+    let mut node = Node::start(&root.join("node"), &["--events-kept-max", "1000"]);
+    let gateway = Gateway::start(
+        &root,
+        &node.addr.to_string(),
+        &node.trust().display().to_string(),
+        &[],
+    );
+    gateway.ready().await;
+    let alice = gateway.user("measure-alice@example.com").await;
+    let wallet = gateway.wallet(&alice).await;
+    let mut reconnect_ms = Vec::new();
+    for round in 0..ROUNDS {
+        node.proc.kill();
+        node.restart();
+        // The start line is the node's "ready".
+        let log = node.dir.with_extension("log2");
+        let deadline = Instant::now() + WAIT;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("QUIC on")
+        {
+            assert!(Instant::now() < deadline, "node did not restart");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ready = Instant::now();
+        loop {
+            let response = gateway
+                .call(
+                    "GET",
+                    &format!("/api/v1/wallets/{wallet}"),
+                    Some(&alice),
+                    &Value::Null,
+                )
+                .await;
+            if response.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {}",
+                response.text()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        reconnect_ms.push(ready.elapsed().as_secs_f64() * 1000.0);
+    }
+    eprintln!("MEASURE reconnect after restart (node ready -> first 200), ms: {reconnect_ms:.1?}");
+
+    // 3. Catch-up: 200,000 transfers (600,000 events) with a memory window of 1,000 events.
+    let client = Client::connect(ClientConfig::new(node.addr, node.trust()))
+        .await
+        .expect("client");
+    let usd = CurrencyCode::parse("USD").expect("usd");
+    let command = |key: String, op: Op| Command::Client {
+        key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        op,
+    };
+    let opened = client
+        .submit(
+            (0..=SENDERS as u128)
+                .map(|u| {
+                    command(
+                        format!("m-open-{u}"),
+                        Op::OpenWallet {
+                            user: UserId(5000 + u),
+                            currency: usd,
+                        },
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .expect("open");
+    let wallets: Vec<WalletId> = opened
+        .into_iter()
+        .map(|r| match r {
+            CommandResult::Outcome(Outcome::Ok(Applied::WalletOpened(w))) => w,
+            other => panic!("open: {other:?}"),
+        })
+        .collect();
+    // Many senders: each stays inside its tier's daily velocity limit.
+    client
+        .submit(
+            (0..SENDERS)
+                .map(|w| {
+                    command(
+                        format!("m-fund-{w}"),
+                        Op::Deposit {
+                            wallet: wallets[w as usize],
+                            amount: 1 << 30,
+                            currency: usd,
+                        },
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .expect("fund");
+    let mut socket = websocket(&gateway, &alice, "").await;
+    let _ = collect(&mut socket, Duration::from_secs(5), |m| !m.is_empty()).await;
+    let bob = gateway.user("measure-bob@example.com").await;
+    let to = gateway.wallet(&bob).await;
+    assert_eq!(
+        gateway
+            .deposit(&wallet, "100.00", "measure-dep")
+            .await
+            .status,
+        200
+    );
+    let before = collect(&mut socket, Duration::from_secs(5), |m| {
+        m.iter().any(|m| m["cursor"].is_string())
+    })
+    .await;
+    let cursor = before
+        .iter()
+        .rev()
+        .find_map(|m| m["cursor"].as_str())
+        .unwrap_or_else(|| panic!("no cursor in {before:?}\n{}", gateway.proc.log()))
+        .to_owned();
+    drop(socket);
+    let status = client.query(paycore_protocol::Query::Status).await;
+    let first = match status {
+        Ok(paycore_protocol::QueryResult::Status(s)) => s.shards[0].last_sequence + 1,
+        other => panic!("status: {other:?}"),
+    };
+    const BATCHES: u64 = 200;
+    const BATCH: u64 = 1000;
+    for b in 0..BATCHES {
+        let batch = (0..BATCH)
+            .map(|i| {
+                command(
+                    format!("m-{b}-{i}"),
+                    Op::Transfer {
+                        from: wallets[((b * BATCH + i) % SENDERS) as usize],
+                        to: wallets[SENDERS as usize],
+                        amount: 1,
+                        currency: usd,
+                    },
+                )
+            })
+            .collect();
+        let results = client.submit(batch).await.expect("batch");
+        let applied = results
+            .iter()
+            .filter(|r| matches!(r, CommandResult::Outcome(Outcome::Ok(_))))
+            .count();
+        assert_eq!(applied, BATCH as usize, "{:?}", results.last());
+    }
+    assert_eq!(
+        send_at(gateway.addr, &alice, "measure-send", (&wallet, &to)).await,
+        201
+    );
+    let last = first + BATCHES * BATCH;
+    // Raw: a subscriber from before the burst, through the archive, to its end.
+    let started = Instant::now();
+    let mut subscription = client.subscribe(vec![(0, first)]).await.expect("subscribe");
+    let mut events = 0u64;
+    loop {
+        match subscription.next().await.expect("frame") {
+            Some(Frame::Events {
+                sequence,
+                events: e,
+                ..
+            }) => {
+                events += e.len() as u64;
+                if sequence >= last {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let raw = started.elapsed().as_secs_f64();
+    eprintln!(
+        "MEASURE catch-up node -> subscriber from the archive: {events} events in {raw:.3} s = {:.0} events/s",
+        events as f64 / raw
+    );
+    // Through the gateway: a WebSocket resumed from before the burst gets Alice's send.
+    let started = Instant::now();
+    let mut back = websocket(
+        &gateway,
+        &alice,
+        &format!("&from={cursor}&subscribe=transactions"),
+    )
+    .await;
+    let got = collect(&mut back, Duration::from_secs(60), |m| {
+        m.iter().any(|m| m["type"] == "transaction.sent")
+    })
+    .await;
+    let through = started.elapsed().as_secs_f64();
+    assert!(
+        got.iter().any(|m| m["type"] == "transaction.sent"),
+        "{got:?}"
+    );
+    eprintln!(
+        "MEASURE catch-up through the gateway (resumed WebSocket, {events} events replayed): {through:.3} s = {:.0} events/s",
+        events as f64 / through
+    );
+    drop(back);
+    drop(gateway);
+    drop(node);
+
+    // 2. Failover: promote -> first acknowledged HTTP send.
+    let mut failover_ms = Vec::new();
+    for round in 0..3 {
+        let dir = root.join(format!("fo{round}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut primary = Node::start(&dir.join("a"), &["--replication", "sync"]);
+        let token = dir.join("a").join("replication.token");
+        let standby = Node::start(
+            &dir.join("b"),
+            &[
+                "--standby-of",
+                &primary.addr.to_string(),
+                "--primary-trust",
+                &primary.trust().display().to_string(),
+                "--replication-token-file",
+                &token.display().to_string(),
+                "--replication",
+                "async",
+                "--replication-alone-after-ms",
+                "200",
+            ],
+        );
+        let gateway = Gateway::start(
+            &dir,
+            &format!("{},{}", primary.addr, standby.addr),
+            &format!(
+                "{},{}",
+                primary.trust().display(),
+                standby.trust().display()
+            ),
+            &[],
+        );
+        gateway.ready().await;
+        let alice = gateway.user(&format!("fo{round}-a@example.com")).await;
+        let bob = gateway.user(&format!("fo{round}-b@example.com")).await;
+        let from = gateway.wallet(&alice).await;
+        let to = gateway.wallet(&bob).await;
+        assert_eq!(
+            gateway
+                .deposit(&from, "100.00", &format!("fo{round}"))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            send_at(gateway.addr, &alice, &format!("fo{round}-0"), (&from, &to)).await,
+            201
+        );
+        primary.proc.kill();
+        let promote = Instant::now();
+        let output = Process::new(env!("CARGO_BIN_EXE_paycore"))
+            .args(["promote", "--json", "--server", &standby.addr.to_string()])
+            .arg("--trust")
+            .arg(standby.trust())
+            .output()
+            .expect("promote");
+        assert!(output.status.success());
+        let promoted = promote.elapsed();
+        let mut i = 1;
+        loop {
+            let status = send_at(
+                gateway.addr,
+                &alice,
+                &format!("fo{round}-{i}"),
+                (&from, &to),
+            )
+            .await;
+            if status == 201 {
+                break;
+            }
+            i += 1;
+            assert!(promote.elapsed() < WAIT);
+        }
+        failover_ms.push((
+            promote.elapsed().as_secs_f64() * 1000.0,
+            promoted.as_secs_f64() * 1000.0,
+        ));
+        drop(gateway);
+        drop((primary, standby));
+    }
+    eprintln!(
+        "MEASURE failover (promote start -> first acknowledged HTTP send, of which the promote command), ms: {failover_ms:.1?}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

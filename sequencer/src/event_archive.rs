@@ -412,3 +412,79 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use paycore_engine::{
+        CurrencyId, Event, TransferId, TransferKind, TransferStatus, UserId, WalletId,
+    };
+
+    /// The archive's cost on the commit path: one record per group commit of 1000 transfers
+    /// (3000 events). `cargo test --release -p paycore-sequencer measure_append -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore = "measurement"]
+    fn measure_append_cost() {
+        let dir =
+            std::env::temp_dir().join(format!("paycore-events-measure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut writer = ArchiveWriter::open(&dir, None, 1).expect("open");
+        let balance = |w: u64| Event::BalanceChanged {
+            wallet: WalletId(w),
+            user: UserId(u128::from(w)),
+            currency: CurrencyId(1),
+            available: 1_000_000,
+            frozen: 0,
+            version: w,
+        };
+        const BATCHES: u64 = 1000;
+        const TRANSFERS: u64 = 1000;
+        let mut appending = std::time::Duration::ZERO;
+        for b in 0..BATCHES {
+            let first = b * TRANSFERS + 1;
+            let mut events = Vec::with_capacity(3 * TRANSFERS as usize);
+            for t in 0..TRANSFERS {
+                let sequence = first + t;
+                events.push((
+                    sequence,
+                    Event::Transfer {
+                        transfer: TransferId(u128::from(sequence)),
+                        kind: TransferKind::Transfer,
+                        from: WalletId(1),
+                        to: WalletId(2),
+                        amount: 100,
+                        currency: CurrencyId(1),
+                        status: TransferStatus::Completed,
+                    },
+                ));
+                events.push((sequence, balance(1)));
+                events.push((sequence, balance(2)));
+            }
+            let batch = EventBatch {
+                first_sequence: first,
+                last_sequence: first + TRANSFERS - 1,
+                timestamp_ns: first,
+                events,
+            };
+            let appended = std::time::Instant::now();
+            writer.append(&batch).expect("append");
+            appending += appended.elapsed();
+        }
+        let elapsed = appending.as_secs_f64();
+        let bytes: u64 = segments(&dir)
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        let events = BATCHES * TRANSFERS * 3;
+        eprintln!(
+            "MEASURE event archive append: {events} events ({} transfers) in {elapsed:.3} s: {:.0} ns/event, {:.0} ns/transfer, {:.1} B/event, {:.0} MB/s",
+            BATCHES * TRANSFERS,
+            elapsed * 1e9 / events as f64,
+            elapsed * 1e9 / (BATCHES * TRANSFERS) as f64,
+            bytes as f64 / events as f64,
+            bytes as f64 / elapsed / 1e6
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
