@@ -1,0 +1,345 @@
+//! A node with `--nats-url` end to end: the broker is absent while the node takes deposits and
+//! local and cross-shard transfers (every command answered; the publish lag shows in /metrics
+//! and journal retention holds back), then NATS comes up and the node's publishers catch up by
+//! themselves; the streams then hold every event of the journal exactly once, in order per
+//! shard, and each wallet's last `balance_changed` equals the engine's balance.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use paycore::node::{NodeArgs, start_node, stop_sequencer};
+use paycore_client::{Client, ClientConfig};
+use paycore_engine::codec::decode_command;
+use paycore_engine::{
+    Applied, Command, CurrencyCode, Effects, Engine, EngineConfig, Event, IdempotencyKey, Op,
+    Outcome, UserId, WalletId,
+};
+use paycore_protocol::CommandResult;
+use paycore_publish::event_json::EventPosition;
+use paycore_store::follow::Follower;
+
+const SHARDS: u16 = 2;
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+struct Nats {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start(port: u16, dir: &Path) -> Nats {
+        std::fs::create_dir_all(dir).expect("dir");
+        let child = Process::new(NATS_SERVER)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn command(key: String, op: Op) -> Command {
+    Command::Client {
+        key: IdempotencyKey::new(key.as_bytes()).expect("key"),
+        op,
+    }
+}
+
+fn applied(results: &[CommandResult]) -> Vec<Outcome> {
+    results
+        .iter()
+        .map(|r| match r {
+            CommandResult::Outcome(outcome) => *outcome,
+            other => panic!("not applied: {other:?}"),
+        })
+        .collect()
+}
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+fn gauge(text: &str, name: &str, shard: u16) -> Option<u64> {
+    let prefix = format!("{name}{{shard=\"{shard}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every event of the shard's journal as an independent engine replays it: (id, event).
+fn journal_events(dir: &Path, shard: u16) -> (Vec<(String, Event)>, Engine) {
+    let config = EngineConfig {
+        shard,
+        shard_count: SHARDS,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let mut follower = Follower::new(
+        &dir.join(format!("shard-{shard:03}")).join("journal"),
+        1,
+        None,
+    );
+    let mut effects = Effects::default();
+    let mut out = Vec::new();
+    loop {
+        let read = follower
+            .read(4096, |record| {
+                let command = decode_command(record.payload).expect("decode");
+                effects.clear();
+                engine.apply(record.sequence, record.timestamp_ns, &command, &mut effects);
+                for (index, event) in effects.events.iter().enumerate() {
+                    let position = EventPosition {
+                        shard,
+                        sequence: record.sequence,
+                        index: index as u32,
+                    };
+                    out.push((position.id(), *event));
+                }
+                Ok(())
+            })
+            .expect("journal");
+        if read == 0 {
+            return (out, engine);
+        }
+    }
+}
+
+#[test]
+fn a_node_publishes_every_event_once_and_catches_up_after_the_broker_was_away() {
+    if !Path::new(NATS_SERVER).exists() {
+        assert!(std::env::var_os("CI").is_none(), "{NATS_SERVER} missing");
+        eprintln!("SKIP: {NATS_SERVER} missing");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("paycore-publish-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let stream_prefix = format!("NODE_{}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let nats = runtime.block_on(async {
+        let mut args = NodeArgs::local(&dir);
+        args.shards = Some(SHARDS);
+        args.store.no_flush = true;
+        args.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        args.nats.nats_url = Some(format!("nats://127.0.0.1:{port}"));
+        args.nats.nats_stream_prefix = stream_prefix.clone();
+        args.nats.nats_subject_prefix = format!("node{}", std::process::id());
+        let node = start_node(&args).await.expect("node starts");
+        let client = Client::connect(ClientConfig::new(node.listen, dir.join("tls/cert.der")))
+            .await
+            .expect("connect");
+        let usd = CurrencyCode::parse("USD").expect("code");
+        let register = command(
+            "usd".into(),
+            Op::RegisterCurrency {
+                code: usd,
+                scale: 2,
+            },
+        );
+        assert!(applied(&client.submit(vec![register]).await.expect("register"))[0].is_ok());
+        let opens = (1..=40u128)
+            .map(|u| {
+                command(
+                    format!("open-{u}"),
+                    Op::OpenWallet {
+                        user: UserId(u),
+                        currency: usd,
+                    },
+                )
+            })
+            .collect();
+        let wallets: Vec<WalletId> = applied(&client.submit(opens).await.expect("open"))
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Ok(Applied::WalletOpened(w)) => w,
+                other => panic!("open: {other:?}"),
+            })
+            .collect();
+        let deposits = wallets
+            .iter()
+            .map(|&wallet| {
+                command(
+                    format!("dep-{}", wallet.0),
+                    Op::Deposit {
+                        wallet,
+                        amount: 100_000,
+                        currency: usd,
+                    },
+                )
+            })
+            .collect();
+        client.submit(deposits).await.expect("deposits");
+        // The broker is away: the core answers every command regardless.
+        let started = Instant::now();
+        for round in 0..20u64 {
+            let transfers = (0..200u64)
+                .map(|i| {
+                    let from = wallets[((i * 7 + round) % 40) as usize];
+                    let to = wallets[((i * 13 + round * 3 + 1) % 40) as usize];
+                    command(
+                        format!("t-{round}-{i}"),
+                        Op::Transfer {
+                            from,
+                            to,
+                            amount: 1 + u128::from(i % 97),
+                            currency: usd,
+                        },
+                    )
+                })
+                .collect();
+            client.submit(transfers).await.expect("transfers");
+        }
+        eprintln!(
+            "4000 transfers with the broker away in {:?}",
+            started.elapsed()
+        );
+        let text = metrics(node.metrics.expect("metrics on"));
+        for shard in 0..SHARDS {
+            let lag = gauge(&text, "paycore_shard_publish_lag_records", shard);
+            assert!(
+                lag.is_some_and(|l| l > 0),
+                "shard {shard}: publish lag while away: {lag:?}"
+            );
+            assert_eq!(
+                gauge(&text, "paycore_shard_published_sequence", shard),
+                Some(0)
+            );
+        }
+        // The broker comes up; the publishers find it and catch up by themselves.
+        let nats = Nats::start(port, &dir.join("nats"));
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = metrics(node.metrics.expect("metrics on"));
+            let caught_up = (0..SHARDS).all(|shard| {
+                let durable = node
+                    .sequencer
+                    .durable_watermark(shard)
+                    .load(std::sync::atomic::Ordering::Acquire);
+                gauge(&text, "paycore_shard_publish_lag_records", shard) == Some(0)
+                    && gauge(&text, "paycore_shard_published_sequence", shard) == Some(durable)
+            });
+            if caught_up {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "publishers did not catch up:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        paycore::publish::stop_in_node(&dir);
+        node.endpoint.close(0u32.into(), b"done");
+        stop_sequencer(node.sequencer).await;
+        nats
+    });
+    // Every event of the journal, once, in order; last balances equal the engine's.
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let context = async_nats::jetstream::new(client);
+        for shard in 0..SHARDS {
+            let (expected, engine) = journal_events(&dir, shard);
+            let stream = context
+                .get_stream(format!("{stream_prefix}_{shard:03}"))
+                .await
+                .expect("stream");
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let mut last_balance = std::collections::HashMap::new();
+            for (i, (id, _)) in expected.iter().enumerate() {
+                let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| {
+                        panic!("shard {shard}: message {i} of {} missing", expected.len())
+                    })
+                    .expect("message");
+                let found = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(
+                    found.as_deref(),
+                    Some(id.as_str()),
+                    "shard {shard}: message {i}"
+                );
+                let json: serde_json::Value =
+                    serde_json::from_slice(&message.payload).expect("json");
+                if json["type"] == "balance_changed" {
+                    last_balance.insert(
+                        json["data"]["wallet_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        json["data"]["available"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+            let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            assert!(
+                !matches!(extra, Ok(Some(Ok(_)))),
+                "shard {shard}: more messages than events"
+            );
+            assert!(!last_balance.is_empty());
+            for (wallet, available) in &last_balance {
+                let id = WalletId(wallet.parse().expect("wallet id"));
+                let engine_wallet = engine.wallet(id).expect("wallet");
+                let scale = engine
+                    .currency(engine_wallet.currency)
+                    .expect("currency")
+                    .scale;
+                assert_eq!(
+                    available,
+                    &paycore_store::decimal::format_minor(engine_wallet.available, scale),
+                    "shard {shard}: wallet {wallet}"
+                );
+            }
+        }
+    });
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
