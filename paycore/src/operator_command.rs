@@ -123,6 +123,12 @@ fn shard_line(shard: &Value) -> String {
             mib(shard["journal_archive_bytes"].as_u64().unwrap_or(0)),
         );
     }
+    if shard.get("published_sequence").is_some() {
+        line += &format!(
+            "; events published to NATS through {} (lag {} records, {} ms)",
+            shard["published_sequence"], shard["publish_lag_records"], shard["publish_lag_ms"]
+        );
+    }
     if shard.get("standby_connected").is_some() {
         line += &format!(
             "; standby {} at {} (lag {} records, {} ms)",

@@ -1171,6 +1171,17 @@ pub fn status_json(sequencer: &Sequencer, role: &NodeRole) -> String {
                 entry["flush_lag_records"] = json!(lag_records);
                 entry["flush_lag_ms"] = json!(lag_ms);
             }
+            // Events out (issue 19): this shard's publisher, when the node runs one.
+            let durable = stats.durable_sequence.load(Ordering::Acquire);
+            if let Some((_, published, lag_records, lag_ms, _)) =
+                crate::publish::lag_in_nodes(|_| durable)
+                    .into_iter()
+                    .find(|p| p.0 == shard)
+            {
+                entry["published_sequence"] = json!(published);
+                entry["publish_lag_records"] = json!(lag_records);
+                entry["publish_lag_ms"] = json!(lag_ms);
+            }
             if state.role == Role::Primary && replication_off {
                 // No standby is configured: no standby fields (they read as a lagging one).
             } else if state.role == Role::Primary {
