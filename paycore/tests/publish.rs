@@ -95,9 +95,13 @@ fn gauge(text: &str, name: &str, shard: u16) -> Option<u64> {
 
 /// Every event of the shard's journal as an independent engine replays it: (id, event).
 fn journal_events(dir: &Path, shard: u16) -> (Vec<(String, Event)>, Engine) {
+    journal_events_of(dir, shard, SHARDS)
+}
+
+fn journal_events_of(dir: &Path, shard: u16, shards: u16) -> (Vec<(String, Event)>, Engine) {
     let config = EngineConfig {
         shard,
-        shard_count: SHARDS,
+        shard_count: shards,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config);
@@ -340,6 +344,158 @@ fn a_node_publishes_every_event_once_and_catches_up_after_the_broker_was_away() 
             }
         }
     });
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `paycore publish` SIGKILLed four times mid-flight and NATS SIGKILLed and restarted, over a
+/// journal of transfers across 3 shards (`PAYCORE_PUBLISH_TEST_TRANSFERS`, 60 000 by default;
+/// 1 000 000 for the figure in docs/events.md): the streams then hold every event of an
+/// independent replay once, in order per shard, and each wallet's last balance equals the
+/// engine's.
+#[test]
+fn paycore_publish_survives_sigkills_and_a_nats_restart() {
+    if !Path::new(NATS_SERVER).exists() {
+        assert!(std::env::var_os("CI").is_none(), "{NATS_SERVER} missing");
+        eprintln!("SKIP: {NATS_SERVER} missing");
+        return;
+    }
+    const KILL_SHARDS: u16 = 3;
+    let transfers: u64 = std::env::var("PAYCORE_PUBLISH_TEST_TRANSFERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000);
+    let dir = std::env::temp_dir().join(format!("paycore-publish-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let written = Process::new(env!("CARGO_BIN_EXE_paycore"))
+        .args(["flush-bench-journal", "--shards", "3", "--users", "3000"])
+        .args(["--transfers", &transfers.to_string(), "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("bench journal");
+    assert!(written.status.success(), "{written:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let nats_dir = dir.join("nats");
+    let mut nats = Some(Nats::start(port, &nats_dir));
+    let prefix = format!("KILL_{}", std::process::id());
+    let publish = |once: bool| {
+        let mut command = Process::new(env!("CARGO_BIN_EXE_paycore"));
+        command
+            .args(["publish", "--shards", "3", "--nats-url"])
+            .arg(format!("nats://127.0.0.1:{port}"))
+            .args([
+                "--nats-stream-prefix",
+                &prefix,
+                "--nats-subject-prefix",
+                "kill",
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if once {
+            command.arg("--once");
+        }
+        command.spawn().expect("paycore publish")
+    };
+    for round in 0..4u64 {
+        let mut child = publish(false);
+        std::thread::sleep(Duration::from_millis(700 + 300 * round));
+        if round == 2 {
+            // NATS dies under the running publisher and comes back on the same folder.
+            let mut old = nats.take().expect("nats");
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+            std::mem::forget(old); // keep its folder: the restarted server reads it
+            std::thread::sleep(Duration::from_millis(300));
+            nats = Some(Nats::start(port, &nats_dir));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let started = Instant::now();
+    let status = publish(true).wait().expect("publish --once");
+    assert!(status.success(), "paycore publish --once: {status:?}");
+    eprintln!("final paycore publish --once took {:?}", started.elapsed());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut total = 0usize;
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let context = async_nats::jetstream::new(client);
+        for shard in 0..KILL_SHARDS {
+            let (expected, engine) = journal_events_of(&dir, shard, KILL_SHARDS);
+            total += expected.len();
+            let stream = context
+                .get_stream(format!("{prefix}_{shard:03}"))
+                .await
+                .expect("stream");
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let mut last_balance = std::collections::HashMap::new();
+            for (i, (id, _)) in expected.iter().enumerate() {
+                let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| panic!("shard {shard}: message {i} missing"))
+                    .expect("message");
+                let found = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(
+                    found.as_deref(),
+                    Some(id.as_str()),
+                    "shard {shard}: message {i}"
+                );
+                let json: serde_json::Value =
+                    serde_json::from_slice(&message.payload).expect("json");
+                if json["type"] == "balance_changed" {
+                    last_balance.insert(
+                        json["data"]["wallet_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        json["data"]["available"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+            let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            assert!(
+                !matches!(extra, Ok(Some(Ok(_)))),
+                "shard {shard}: extra messages"
+            );
+            for (wallet, available) in &last_balance {
+                let wallet = engine
+                    .wallet(WalletId(wallet.parse().expect("id")))
+                    .expect("wallet");
+                let scale = engine.currency(wallet.currency).expect("currency").scale;
+                assert_eq!(
+                    available,
+                    &paycore_store::decimal::format_minor(wallet.available, scale)
+                );
+            }
+        }
+    });
+    eprintln!("{total} events checked across {KILL_SHARDS} shards");
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
 }
