@@ -63,6 +63,12 @@ impl EventLog {
         journal_dir: Option<&Path>,
     ) -> EventLog {
         let mut log = EventLog::new(next_sequence, events_kept_max);
+        // `PAYCORE_EVENTS_ARCHIVE=off`: no archive (a node nobody subscribes to late; and the
+        // A/B measurement of its cost in BENCHMARKS.md "Core link").
+        if std::env::var("PAYCORE_EVENTS_ARCHIVE").is_ok_and(|v| v == "off") {
+            tracing::info!("event archive off (PAYCORE_EVENTS_ARCHIVE=off)");
+            return log;
+        }
         match ArchiveWriter::open(dir, journal_dir, next_sequence) {
             Ok(writer) => log.archive = Some((dir.to_path_buf(), Mutex::new(Some(writer)))),
             Err(error) => tracing::error!(
