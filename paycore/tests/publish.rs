@@ -499,3 +499,119 @@ fn paycore_publish_survives_sigkills_and_a_nats_restart() {
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// End-to-end delay, command timestamp (the sequencer's clock, when the command entered the
+/// shard) -> a NATS subscriber receiving its `transfer` event, with a node under a steady load
+/// of 10 000 transfers/s (100 per batch every 10 ms, 2 shards) for 5 s.
+/// `cargo nextest run --release -p paycore --test publish measure --run-ignored only --no-capture`
+#[test]
+#[ignore = "measurement"]
+fn measure_commit_to_consumer_delay() {
+    if !Path::new(NATS_SERVER).exists() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("paycore-publish-delay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let nats = Nats::start(port, &dir.join("nats"));
+    let subjects = format!("delay{}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut args = NodeArgs::local(&dir);
+        args.shards = Some(SHARDS);
+        args.store.no_flush = true;
+        args.nats.nats_url = Some(format!("nats://127.0.0.1:{port}"));
+        args.nats.nats_stream_prefix = format!("DELAY_{}", std::process::id());
+        args.nats.nats_subject_prefix = subjects.clone();
+        let node = start_node(&args).await.expect("node starts");
+        let client = Client::connect(ClientConfig::new(node.listen, dir.join("tls/cert.der")))
+            .await
+            .expect("connect");
+        let nats_client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .expect("nats");
+        let mut subscriber = nats_client
+            .subscribe(format!("{subjects}.transaction.*"))
+            .await
+            .expect("subscribe");
+        let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let collected = delays.clone();
+        let collector = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let json: serde_json::Value =
+                    serde_json::from_slice(&message.payload).expect("json");
+                let at: u64 = json["timestamp_ns"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                collected
+                    .lock()
+                    .expect("delays")
+                    .push(now.saturating_sub(at) / 1_000);
+            }
+        });
+        let usd = CurrencyCode::parse("USD").expect("code");
+        let register = command("usd".into(), Op::RegisterCurrency { code: usd, scale: 2 });
+        client.submit(vec![register]).await.expect("register");
+        let opens = (1..=200u128)
+            .map(|u| command(format!("open-{u}"), Op::OpenWallet { user: UserId(u), currency: usd }))
+            .collect();
+        let wallets: Vec<WalletId> = applied(&client.submit(opens).await.expect("open"))
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Ok(Applied::WalletOpened(w)) => w,
+                other => panic!("open: {other:?}"),
+            })
+            .collect();
+        let deposits = wallets
+            .iter()
+            .map(|&wallet| {
+                command(format!("dep-{}", wallet.0), Op::Deposit { wallet, amount: 10_000_000, currency: usd })
+            })
+            .collect();
+        client.submit(deposits).await.expect("deposits");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        delays.lock().expect("delays").clear();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for round in 0..500u64 {
+            tick.tick().await;
+            let transfers = (0..100u64)
+                .map(|i| {
+                    let from = wallets[((i * 7 + round) % 200) as usize];
+                    let to = wallets[((i * 13 + round * 3 + 1) % 200) as usize];
+                    command(
+                        format!("t-{round}-{i}"),
+                        Op::Transfer { from, to, amount: 1, currency: usd },
+                    )
+                })
+                .collect();
+            client.submit(transfers).await.expect("transfers");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        collector.abort();
+        let mut delays = delays.lock().expect("delays").clone();
+        delays.sort_unstable();
+        let at = |q: f64| delays.get(((delays.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+        eprintln!(
+            "MEASURE commit -> consumer delay ({} transfer events, 10 000 transfers/s offered, 2 shards): p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+            delays.len(),
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            delays.last().copied().unwrap_or(0)
+        );
+        paycore::publish::stop_in_node(&dir);
+        node.endpoint.close(0u32.into(), b"done");
+        stop_sequencer(node.sequencer).await;
+    });
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}

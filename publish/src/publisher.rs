@@ -292,6 +292,11 @@ pub async fn run<S: EventSink>(
                 return Err(error);
             }
             Err(Step::Retry(error)) => {
+                // Stalled with nothing in flight (the broker was never reached): the lag in
+                // time counts from the stall at least.
+                if status.oldest_pending_ns.load(Ordering::Acquire) == 0 {
+                    status.oldest_pending_ns.store(now_ns(), Ordering::Release);
+                }
                 status.failures.fetch_add(1, Ordering::Relaxed);
                 status.resyncs.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
