@@ -362,7 +362,15 @@ impl Index {
     }
 
     /// Moves up to `slots` old slots into the new table; drops the old table once all moved.
+    #[inline]
     fn migrate(&mut self, slots: usize) {
+        if self.retiring.is_some() {
+            self.migrate_some(slots);
+        }
+    }
+
+    #[cold]
+    fn migrate_some(&mut self, slots: usize) {
         let Some(mut old) = self.retiring.take() else {
             return;
         };
@@ -455,8 +463,14 @@ impl Index {
     }
 }
 
-/// Bytes per chunk of the key arena.
-const KEY_CHUNK_BYTES: usize = 4 << 20;
+/// Bytes per chunk of the key arena (on huge pages: a lookup compares a random key).
+const KEY_CHUNK_BYTES: usize = 32 << 20;
+
+fn key_chunk() -> Vec<u8> {
+    let chunk = Vec::with_capacity(KEY_CHUNK_BYTES);
+    crate::huge_pages::advise(&chunk);
+    chunk
+}
 
 /// FIFO byte arena: keys are appended at the back and released from the front, in chunks
 /// that never move (a key never straddles two; the tail a key did not fit in stays unused).
@@ -465,7 +479,9 @@ const KEY_CHUNK_BYTES: usize = 4 << 20;
 /// inside a batch at millions of keys.)
 #[derive(Debug, Default, Clone)]
 struct KeyArena {
-    chunks: VecDeque<Vec<u8>>,
+    /// A plain `Vec` of chunks (cheaper to index than a `VecDeque`; the front one leaves
+    /// once per 32 MiB of keys).
+    chunks: Vec<Vec<u8>>,
     /// Number of `chunks[0]`.
     first_chunk: u64,
     /// An emptied chunk, kept for the next one needed.
@@ -473,22 +489,20 @@ struct KeyArena {
 }
 
 impl KeyArena {
+    #[inline]
     fn push(&mut self, key: &[u8]) -> u64 {
         debug_assert!(key.len() <= usize::from(u8::MAX));
         let fits = self
             .chunks
-            .back()
+            .last()
             .is_some_and(|back| back.len() + key.len() <= KEY_CHUNK_BYTES);
         if !fits {
-            let fresh = self
-                .spare
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(KEY_CHUNK_BYTES));
+            let fresh = self.spare.take().unwrap_or_else(key_chunk);
             debug_assert!(fresh.is_empty());
-            self.chunks.push_back(fresh);
+            self.chunks.push(fresh);
         }
         let number = self.first_chunk + self.chunks.len() as u64 - 1;
-        let Some(back) = self.chunks.back_mut() else {
+        let Some(back) = self.chunks.last_mut() else {
             unreachable!("a chunk was just ensured")
         };
         let offset = number * KEY_CHUNK_BYTES as u64 + back.len() as u64;
@@ -496,6 +510,7 @@ impl KeyArena {
         offset
     }
 
+    #[inline]
     fn get(&self, offset: u64, len: u8) -> &[u8] {
         let chunk = (offset / KEY_CHUNK_BYTES as u64 - self.first_chunk) as usize;
         let start = (offset % KEY_CHUNK_BYTES as u64) as usize;
@@ -504,37 +519,41 @@ impl KeyArena {
 
     /// Releases every chunk before the one holding `offset` (the oldest live key), or every
     /// chunk when no key is live (`None`).
+    #[inline]
     fn release_before(&mut self, offset: Option<u64>) {
         let keep_from = offset.map_or(u64::MAX, |o| o / KEY_CHUNK_BYTES as u64);
-        while self.first_chunk < keep_from
-            && let Some(mut used) = self.chunks.pop_front()
-        {
+        if self.first_chunk < keep_from {
+            self.release_front(keep_from);
+        }
+    }
+
+    #[cold]
+    fn release_front(&mut self, keep_from: u64) {
+        while self.first_chunk < keep_from && !self.chunks.is_empty() {
+            let mut used = self.chunks.remove(0);
             self.first_chunk += 1;
             used.clear();
             if self.spare.is_none() {
                 self.spare = Some(used);
             }
         }
-        if offset.is_none() {
-            // Empty: the next key starts a fresh chunk numbered after the released ones.
-            debug_assert!(self.chunks.is_empty());
-        }
     }
 
     /// Chunks allocated, for a reserve of `bytes`.
     fn reserve(&mut self, bytes: usize) {
         if self.spare.is_none() && bytes > 0 {
-            self.spare = Some(Vec::with_capacity(KEY_CHUNK_BYTES));
+            self.spare = Some(key_chunk());
         }
     }
 }
 
-/// Entries per chunk of the FIFO (48-byte entries: 3 MiB chunks).
-const ENTRY_CHUNK_SHIFT: u32 = 16;
+/// Entries per chunk of the FIFO (about 32 MiB chunks, on huge pages: a lookup reads a
+/// random entry).
+const ENTRY_CHUNK_SHIFT: u32 = crate::chunked::shift_for::<Entry>();
 
 #[derive(Debug, Clone)]
 pub(crate) struct IdempotencyTable {
-    entries: ChunkedFifo<Entry>,
+    entries: ChunkedFifo<Entry, ENTRY_CHUNK_SHIFT>,
     /// Entry number of `entries[0]`; numbers grow by one per insert. The index holds them mod
     /// 2^32, which is unambiguous because fewer than 2^32 entries are ever live.
     first_number: u64,
@@ -587,7 +606,7 @@ impl IdempotencyTable {
             "idempotency entries are numbered mod 2^32"
         );
         IdempotencyTable {
-            entries: ChunkedFifo::new(ENTRY_CHUNK_SHIFT),
+            entries: ChunkedFifo::new(),
             first_number: 0,
             index: Index::with_bits(Index::BITS_MIN),
             spilled: VecDeque::new(),

@@ -19,7 +19,7 @@
 //! - a rejected command changes nothing but its idempotency record; a retry with the same key
 //!   and parameters returns the first outcome, a rejection included.
 
-#![deny(unsafe_code)] // reasoned exceptions: the prefetch hint (`prefetch.rs`), huge-page advice (`huge_pages.rs`)
+#![deny(unsafe_code)] // reasoned exceptions: the prefetch hint (`prefetch.rs`), huge-page advice (`huge_pages.rs`), unchecked chunk indexing below a checked length (`chunked.rs`)
 
 pub mod amount;
 mod chunked;

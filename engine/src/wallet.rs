@@ -15,7 +15,7 @@
 //! 88 bytes per wallet in all (the single 96-byte struct spanned two lines, both read by a
 //! transfer).
 
-use crate::chunked::ChunkedVec;
+use crate::chunked::{ChunkedVec, shift_for};
 use crate::command::Tier;
 use crate::currency::CurrencyId;
 use crate::ids::UserId;
@@ -142,18 +142,20 @@ const _: () = assert!(std::mem::size_of::<Cold>() == 16);
 pub const WALLET_STORED_BYTES: usize =
     std::mem::size_of::<Hot>() + std::mem::size_of::<u64>() + std::mem::size_of::<Cold>();
 
-/// Wallets per chunk of each part (hot parts: 16 MiB chunks). Wallets are stored in chunks
-/// that never move (`chunked.rs`): opening the millionth wallet costs what opening the first
-/// did, where a doubling vector once copied every wallet inside a batch.
-const WALLET_CHUNK_SHIFT: u32 = 18;
+/// Each part of the wallets in 32 MiB chunks that never move (`chunked.rs`): opening the
+/// millionth wallet costs what opening the first did, where a doubling vector once copied
+/// every wallet inside a batch.
+const HOT_SHIFT: u32 = shift_for::<Hot>();
+const UPDATED_SHIFT: u32 = shift_for::<u64>();
+const COLD_SHIFT: u32 = shift_for::<Cold>();
 
 /// All wallets of a shard, by slot, split by access (see the module docs). The three arrays
 /// always have the same length. Indexing (`wallets[slot]`) gives the hot part.
 #[derive(Debug, Clone)]
 pub(crate) struct Wallets {
-    hot: ChunkedVec<Hot>,
-    updated_at_ns: ChunkedVec<u64>,
-    cold: ChunkedVec<Cold>,
+    hot: ChunkedVec<Hot, HOT_SHIFT>,
+    updated_at_ns: ChunkedVec<u64, UPDATED_SHIFT>,
+    cold: ChunkedVec<Cold, COLD_SHIFT>,
 }
 
 impl Default for Wallets {
@@ -190,9 +192,9 @@ impl Wallets {
     /// Room for `capacity` wallets, on huge pages and, with `populate`, faulted in.
     pub(crate) fn with_capacity(capacity: usize, populate: bool) -> Wallets {
         let mut wallets = Wallets {
-            hot: ChunkedVec::new(WALLET_CHUNK_SHIFT),
-            updated_at_ns: ChunkedVec::new(WALLET_CHUNK_SHIFT),
-            cold: ChunkedVec::new(WALLET_CHUNK_SHIFT),
+            hot: ChunkedVec::new(),
+            updated_at_ns: ChunkedVec::new(),
+            cold: ChunkedVec::new(),
         };
         wallets.reserve(capacity, populate);
         wallets
