@@ -74,6 +74,8 @@ fn start(dir: &Path) -> Node {
             };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("node did not start");
 }
 
