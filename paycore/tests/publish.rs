@@ -502,7 +502,7 @@ fn paycore_publish_survives_sigkills_and_a_nats_restart() {
 
 /// End-to-end delay, command timestamp (the sequencer's clock, when the command entered the
 /// shard) -> a NATS subscriber receiving its `transfer` event, with a node under a steady load
-/// of 10 000 transfers/s (100 per batch every 10 ms, 2 shards) for 5 s.
+/// for 5 s: `PAYCORE_DELAY_BATCH` transfers (default 20) every 10 ms, 2 shards.
 /// `cargo nextest run --release -p paycore --test publish measure --run-ignored only --no-capture`
 #[test]
 #[ignore = "measurement"]
@@ -581,9 +581,13 @@ fn measure_commit_to_consumer_delay() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         delays.lock().expect("delays").clear();
         let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let batch: u64 = std::env::var("PAYCORE_DELAY_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
         for round in 0..500u64 {
             tick.tick().await;
-            let transfers = (0..100u64)
+            let transfers = (0..batch)
                 .map(|i| {
                     let from = wallets[((i * 7 + round) % 200) as usize];
                     let to = wallets[((i * 13 + round * 3 + 1) % 200) as usize];
@@ -601,8 +605,9 @@ fn measure_commit_to_consumer_delay() {
         delays.sort_unstable();
         let at = |q: f64| delays.get(((delays.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
         eprintln!(
-            "MEASURE commit -> consumer delay ({} transfer events, 10 000 transfers/s offered, 2 shards): p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+            "MEASURE commit -> consumer delay ({} transfer events, {} transfers/s offered, 2 shards): p50 {} us, p99 {} us, p99.9 {} us, max {} us",
             delays.len(),
+            batch * 100,
             at(0.5),
             at(0.99),
             at(0.999),
