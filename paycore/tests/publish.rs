@@ -620,3 +620,270 @@ fn measure_commit_to_consumer_delay() {
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Checks every shard's stream against an independent replay of the journal: every event
+/// once, in order, nothing extra, each wallet's last balance the engine's. Returns the count.
+fn verify_streams(port: u16, prefix: &str, dir: &Path, shards: u16) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let context = async_nats::jetstream::new(client);
+        let mut total = 0;
+        for shard in 0..shards {
+            let (expected, engine) = journal_events_of(dir, shard, shards);
+            total += expected.len();
+            let stream = context
+                .get_stream(format!("{prefix}_{shard:03}"))
+                .await
+                .expect("stream");
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            let mut last_balance = std::collections::HashMap::new();
+            for (i, (id, _)) in expected.iter().enumerate() {
+                let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| panic!("shard {shard}: message {i} missing"))
+                    .expect("message");
+                let found = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(
+                    found.as_deref(),
+                    Some(id.as_str()),
+                    "shard {shard}: message {i}"
+                );
+                let json: serde_json::Value =
+                    serde_json::from_slice(&message.payload).expect("json");
+                if json["type"] == "balance_changed" {
+                    last_balance.insert(
+                        json["data"]["wallet_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        json["data"]["available"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+            let extra = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            assert!(
+                !matches!(extra, Ok(Some(Ok(_)))),
+                "shard {shard}: extra messages"
+            );
+            for (wallet, available) in &last_balance {
+                let wallet = engine
+                    .wallet(WalletId(wallet.parse().expect("id")))
+                    .expect("wallet");
+                let scale = engine.currency(wallet.currency).expect("currency").scale;
+                assert_eq!(
+                    available,
+                    &paycore_store::decimal::format_minor(wallet.available, scale)
+                );
+            }
+        }
+        total
+    })
+}
+
+/// Messages in every shard's stream.
+fn stream_messages(port: u16, prefix: &str, shards: u16) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let context = async_nats::jetstream::new(client);
+        let mut total = 0;
+        for shard in 0..shards {
+            if let Ok(mut stream) = context.get_stream(format!("{prefix}_{shard:03}")).await
+                && let Ok(info) = stream.info().await
+            {
+                total += info.state.messages;
+            }
+        }
+        total
+    })
+}
+
+/// A `paycore node --nats-url` child SIGKILLed under load and started again: its publishers
+/// resume from the streams, and the streams end up with every event of the journal once, in
+/// order per shard.
+#[test]
+fn a_sigkilled_node_resumes_publishing_from_the_stream() {
+    if !Path::new(NATS_SERVER).exists() {
+        assert!(std::env::var_os("CI").is_none(), "{NATS_SERVER} missing");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("paycore-publish-nodekill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let nats = Nats::start(port, &dir.join("nats"));
+    let prefix = format!("NODEKILL_{}", std::process::id());
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("udp port");
+    let data = dir.join("node");
+    let spawn = |log: &str| -> Child {
+        let file = std::fs::File::create(dir.join(log)).expect("log");
+        Process::new(env!("CARGO_BIN_EXE_paycore"))
+            .args([
+                "node",
+                "--shards",
+                "2",
+                "--no-flush",
+                "--listen",
+                &listen.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--nats-url")
+            .arg(format!("nats://127.0.0.1:{port}"))
+            .args([
+                "--nats-stream-prefix",
+                &prefix,
+                "--nats-subject-prefix",
+                "nodekill",
+            ])
+            .env_remove("DATABASE_URL")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("paycore node")
+    };
+    let wait_up = |log: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+            if data.join("tls/cert.der").exists() && text.contains("QUIC on") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let usd = CurrencyCode::parse("USD").expect("code");
+    let load = |rounds: std::ops::Range<u64>, setup: bool| {
+        runtime.block_on(async {
+            let client = Client::connect(ClientConfig::new(listen, data.join("tls/cert.der")))
+                .await
+                .expect("connect");
+            let opens: Vec<Command> = (1..=40u128)
+                .map(|u| {
+                    command(
+                        format!("open-{u}"),
+                        Op::OpenWallet {
+                            user: UserId(u),
+                            currency: usd,
+                        },
+                    )
+                })
+                .collect();
+            if setup {
+                let register = command(
+                    "usd".into(),
+                    Op::RegisterCurrency {
+                        code: usd,
+                        scale: 2,
+                    },
+                );
+                client.submit(vec![register]).await.expect("register");
+            }
+            // Opening again with the same keys answers the same wallets (idempotent).
+            let wallets: Vec<WalletId> = applied(&client.submit(opens).await.expect("open"))
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Ok(Applied::WalletOpened(w)) => w,
+                    other => panic!("open: {other:?}"),
+                })
+                .collect();
+            if setup {
+                let deposits = wallets
+                    .iter()
+                    .map(|&wallet| {
+                        command(
+                            format!("dep-{}", wallet.0),
+                            Op::Deposit {
+                                wallet,
+                                amount: 1_000_000,
+                                currency: usd,
+                            },
+                        )
+                    })
+                    .collect();
+                client.submit(deposits).await.expect("deposits");
+            }
+            for round in rounds {
+                let transfers = (0..200u64)
+                    .map(|i| {
+                        let from = wallets[((i * 7 + round) % 40) as usize];
+                        let to = wallets[((i * 13 + round * 3 + 1) % 40) as usize];
+                        command(
+                            format!("t-{round}-{i}"),
+                            Op::Transfer {
+                                from,
+                                to,
+                                amount: 1 + u128::from(i % 97),
+                                currency: usd,
+                            },
+                        )
+                    })
+                    .collect();
+                client.submit(transfers).await.expect("transfers");
+            }
+        })
+    };
+    let mut node = spawn("node1.log");
+    wait_up("node1.log");
+    load(0..30, true);
+    let _ = node.kill(); // SIGKILL, publishers mid-flight
+    let _ = node.wait();
+    let mut node = spawn("node2.log");
+    wait_up("node2.log");
+    load(30..60, false);
+    // The restarted node's publishers catch up: the streams hold as many events as the journal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected: usize = (0..2).map(|s| journal_events_of(&data, s, 2).0.len()).sum();
+        if stream_messages(port, &prefix, 2) == expected as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not publish everything"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    let total = verify_streams(port, &prefix, &data, 2);
+    eprintln!("{total} events checked after a node SIGKILL");
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+}
